@@ -1,0 +1,58 @@
+# Every target creates the virtual environment it needs when missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# Where the IDX datasets live (mnist/ and fashion-mnist/ inside); exported for the training CLI and tests.
+DATA_DIR ?= $(AESERVE_DATA_DIR)
+export AESERVE_DATA_DIR := $(DATA_DIR)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+RUNTIME := $(VENV)/.runtime-installed
+DEV := $(VENV)/.dev-installed
+
+.PHONY: help serve test lint format train evaluate report clean
+
+help:
+	@echo "make serve     serve the committed models on http://$(HOST):$(PORT)"
+	@echo "make test      lint and run the test suite (DATA_DIR=... or AESERVE_DATA_DIR for the datasets)"
+	@echo "make train     train, evaluate and export every recipe into models/"
+	@echo "make evaluate  re-evaluate the committed models against their floors"
+	@echo "make report    regenerate models/REPORT.md and its figures"
+	@echo "make lint      ruff"
+
+$(RUNTIME): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(DEV): $(RUNTIME)
+	$(BIN)/python -m pip install --quiet -e ".[train,dev]"
+	touch $@
+
+serve: $(RUNTIME)
+	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) $(if $(WORKERS),--workers $(WORKERS))
+
+test: $(DEV)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(DEV)
+	$(BIN)/ruff check .
+
+format: $(DEV)
+	$(BIN)/ruff check --fix .
+
+train: $(DEV)
+	$(BIN)/python -m training train --all
+
+evaluate: $(DEV)
+	$(BIN)/python -m training evaluate
+
+report: $(DEV)
+	$(BIN)/python -m training report
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,72 @@
+"""Train every recipe for one epoch on a 512-image slice, export, reload: same outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from training import zoo
+from training.datasets import Dataset, load_dataset
+from training.procedures import Context
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def slices(data_dir):
+    def take(name):
+        full = load_dataset(name, data_dir, allow_download=False)
+        return Dataset(
+            name,
+            full.train.take(512),
+            full.val.take(128),
+            full.test.take(256),
+            full.class_names,
+            full.source,
+            full.checksums,
+        )
+
+    return {name: take(name) for name in ("mnist", "fashion-mnist")}
+
+
+@pytest.mark.parametrize("name", list(zoo.BY_NAME))
+def test_train_export_load_round_trip(name, slices, tmp_path):
+    from training.export import export
+
+    spec = zoo.get(name)
+    data = slices[spec.dataset]
+    ctx = Context(seed=7, epoch_scale=0.01, verbose=0)
+    keras.utils.set_random_seed(7)
+    trained = spec.train(data, spec.config, ctx)
+    folder = export(spec, trained, data, ctx, tmp_path, version=3)
+    assert folder == tmp_path / name / "3"
+
+    images = data.test.pixels()[:64]
+    before = {k: np.asarray(v) for k, v in trained.serving(images).items()}
+    signature = tf.saved_model.load(str(folder)).signatures["serving_default"]
+    assert list(signature.structured_input_signature[1]) == ["images"]
+    after = {k: v.numpy() for k, v in signature(images=tf.constant(images)).items()}
+    assert set(after) == set(before)
+    for key, value in before.items():
+        np.testing.assert_allclose(after[key], value, rtol=1e-5, atol=1e-5, err_msg=key)
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["name"] == name and manifest["version"] == 3
+    assert manifest["endpoints"] == list(spec.endpoints)
+    assert set(manifest["outputs"]) == set(after)
+    assert manifest["metrics"]["test"]["examples"] == 256
+    for rel, digest in manifest["files"].items():
+        assert hashlib.sha256((folder / rel).read_bytes()).hexdigest() == digest
+    assert "saved_model.pb" in manifest["files"]
+    if "reconstruct" in spec.endpoints:
+        quantiles = json.loads((folder / "reconstruction_errors.json").read_text())
+        assert quantiles["threshold"] == manifest["in_distribution"]["threshold"]
+    if "cluster" in spec.endpoints:
+        with np.load(folder / "clusters.npz", allow_pickle=False) as arrays:
+            np.testing.assert_allclose(arrays["centres"], trained.centres)
+        assert len(manifest["clusters"]["label_hints"]) == 10

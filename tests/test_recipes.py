@@ -1,0 +1,133 @@
+"""Every builder's shapes, the serving graphs' outputs, and the tied decoder's weight sharing."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from training import recipes
+
+BATCH = np.random.default_rng(0).random((3, 28, 28), dtype=np.float32)
+
+AUTOENCODERS = {
+    "stacked_mnist": (recipes.stacked_mnist, 128),
+    "pretraining_autoencoder_mnist": (recipes.pretraining_autoencoder_mnist, 64),
+    "denoising_shallow": (lambda: recipes.denoising_mnist(deep=False), 256),
+    "denoising_deep": (lambda: recipes.denoising_mnist(deep=True), 128),
+    "stacked_fashion": (recipes.stacked_fashion, 30),
+    "tied_fashion": (recipes.tied_fashion, 30),
+    "layerwise_phase1_fashion": (recipes.layerwise_phase1_fashion, 100),
+    "conv_mnist": (recipes.conv_mnist, 196),
+}
+
+
+@pytest.mark.parametrize("name", AUTOENCODERS)
+def test_autoencoder_shapes(name):
+    build, latent = AUTOENCODERS[name]
+    model = build()
+    assert model.input_shape == (None, 28, 28)
+    assert model.output_shape == (None, 28, 28)
+    assert model.get_layer("encoder").output_shape == (None, latent)
+    assert model(BATCH).shape == (3, 28, 28)
+
+
+def test_kmeans_autoencoder_works_in_standardized_space():
+    model = recipes.kmeans_mnist()
+    assert model.get_layer("encoder").output_shape == (None, 100)
+    assert model.output_shape == (None, 784)
+    standardized = np.asarray(model.get_layer("encoder").get_layer("standardize")(BATCH))
+    np.testing.assert_allclose(standardized.mean(axis=1), 0, atol=1e-5)
+    np.testing.assert_allclose(standardized.std(axis=1), 1, atol=1e-4)
+
+
+def test_standardize_keeps_blank_images_finite():
+    model = recipes.kmeans_mnist()
+    out = recipes.serving_model(model, "standardized")(np.zeros((2, 28, 28), np.float32))
+    assert np.isfinite(np.asarray(out["codes"])).all()
+    np.testing.assert_allclose(np.asarray(out["reconstruction"]), 0.0, atol=1e-6)
+
+
+def test_layerwise_phases_and_stack():
+    phase1, phase2 = recipes.layerwise_phase1_fashion(), recipes.layerwise_phase2_fashion()
+    assert phase2.input_shape == (None, 100) and phase2.output_shape == (None, 100)
+    assert phase2.get_layer("encoder").output_shape == (None, 30)
+    stacked = recipes.layerwise_stack(phase1, phase2)
+    assert stacked.get_layer("encoder").output_shape == (None, 30)
+    assert stacked(BATCH).shape == (3, 28, 28)
+    # the stack shares the phases' layers: same variables, not copies
+    stack_vars = {id(v) for v in stacked.weights}
+    assert {id(v) for v in phase1.weights} <= stack_vars and {id(v) for v in phase2.weights} <= stack_vars
+
+
+def test_tied_decoder_owns_no_kernel():
+    model = recipes.tied_fashion()
+    encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
+    encoder_kernels = {id(v) for v in encoder.weights if "kernel" in v.path}
+    own = [v for layer in decoder.layers for v in layer._trainable_variables]
+    assert own and all("bias" in v.path for v in own), [v.path for v in own]
+    decoder_kernels = {id(v) for v in decoder.weights if "kernel" in v.path}
+    assert decoder_kernels == encoder_kernels
+    # 784*100 + 100 + 100*30 + 30 in the encoder; only 100 + 784 biases more in the decoder
+    assert model.count_params() == (784 * 100 + 100 + 100 * 30 + 30) + (100 + 784)
+
+
+def test_tied_decoder_follows_the_encoder_kernel():
+    model = recipes.tied_fashion()
+    decoder = model.get_layer("decoder")
+    codes = np.random.default_rng(1).normal(size=(2, 30)).astype(np.float32)
+    before = np.asarray(decoder(codes))
+    kernel = model.get_layer("encoder").get_layer("encoder_dense_2").kernel
+    kernel.assign(kernel * 2.0)
+    assert not np.allclose(before, np.asarray(decoder(codes)))
+    # and gradients of the reconstruction loss reach the encoder kernels through the decoder
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        loss = keras.ops.mean((decoder(codes) - 0.5) ** 2)
+    grad = tape.gradient(loss, kernel.value)
+    assert grad is not None and float(tf.reduce_sum(tf.abs(grad))) > 0
+
+
+def test_classifier_on_encoder_and_lower_layers():
+    encoder = recipes.stacked_fashion().get_layer("encoder")
+    lower = recipes.lower_layers(encoder, 1)
+    assert lower.output_shape == (None, 100)
+    classifier = recipes.classifier_on_encoder(lower, "c", freeze_encoder=True)
+    assert classifier.output_shape == (None, 10)
+    assert lower.trainable is False
+    assert [w.path for w in classifier.trainable_weights] == ["probabilities/kernel", "probabilities/bias"]
+    probs = np.asarray(classifier(BATCH))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kind", "build", "expected"),
+    [
+        ("autoencoder", recipes.stacked_mnist, {"codes": (3, 128), "reconstruction": (3, 28, 28)}),
+        ("denoiser", recipes.denoising_mnist, {"codes": (3, 256), "denoised": (3, 28, 28)}),
+        ("standardized", recipes.kmeans_mnist, {"codes": (3, 100), "reconstruction": (3, 28, 28)}),
+    ],
+)
+def test_serving_model_outputs(kind, build, expected):
+    out = recipes.serving_model(build(), kind)(BATCH)
+    assert {k: tuple(v.shape) for k, v in out.items()} == expected
+    image_key = "denoised" if kind == "denoiser" else "reconstruction"
+    values = np.asarray(out[image_key])
+    assert values.min() >= 0.0 and values.max() <= 1.0
+
+
+def test_serving_model_with_cluster_head():
+    centres = np.random.default_rng(2).normal(size=(10, 196)).astype(np.float32)
+    out = recipes.serving_model(recipes.conv_mnist(), "autoencoder", centres=centres)(BATCH)
+    distances = np.asarray(out["distances"])
+    codes = np.asarray(out["codes"])
+    expected = np.linalg.norm(codes[:, None, :] - centres[None], axis=-1)
+    np.testing.assert_allclose(distances, expected, rtol=1e-4)
+    np.testing.assert_array_equal(np.asarray(out["cluster"]), expected.argmin(axis=1))
+
+
+def test_classifier_serving_model():
+    encoder = recipes.pretraining_autoencoder_mnist().get_layer("encoder")
+    out = recipes.serving_model(recipes.classifier_on_encoder(encoder, "c"), "classifier")(BATCH)
+    assert tuple(out["codes"].shape) == (3, 64) and tuple(out["probabilities"].shape) == (3, 10)

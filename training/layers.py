@@ -1,0 +1,85 @@
+"""The few layers the recipes need that Keras does not ship."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+class DenseTranspose(keras.layers.Layer):
+    """A dense layer whose kernel is the transpose of another Dense layer's kernel.
+
+    It owns only its bias: gradients flow into the mirrored encoder kernel, which is
+    what "tied weights" means.
+    """
+
+    def __init__(self, tied_to: keras.layers.Dense, activation=None, **kwargs):
+        super().__init__(**kwargs)
+        self.tied_to = tied_to
+        self.activation = keras.activations.get(activation)
+
+    def build(self, input_shape):
+        units = self.tied_to.kernel.shape[0]
+        self.bias = self.add_weight(name="bias", shape=(units,), initializer="zeros")
+
+    def call(self, inputs):
+        return self.activation(ops.matmul(inputs, ops.transpose(self.tied_to.kernel)) + self.bias)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.tied_to.kernel.shape[0])
+
+
+def _image_moments(images):
+    flat = ops.reshape(images, (-1, 28 * 28))
+    mean = ops.mean(flat, axis=1, keepdims=True)
+    # Floor the deviation as tf.image.per_image_standardization does, so blank images stay finite.
+    std = ops.maximum(ops.std(flat, axis=1, keepdims=True), 1.0 / 28.0)
+    return flat, mean, std
+
+
+class Standardize(keras.layers.Layer):
+    """Per-image z-score over the 784 pixels; output is flat ``[N, 784]``."""
+
+    def call(self, images):
+        flat, mean, std = _image_moments(images)
+        return (flat - mean) / std
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 28 * 28)
+
+
+class Destandardize(keras.layers.Layer):
+    """Maps a standardized flat reconstruction back to the pixel range of the original image."""
+
+    def call(self, inputs):
+        standardized, images = inputs
+        _, mean, std = _image_moments(images)
+        return ops.reshape(standardized * std + mean, (-1, 28, 28))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], 28, 28)
+
+
+class ClusterHead(keras.layers.Layer):
+    """Distances from each code to fixed cluster centres, and the nearest centre's index."""
+
+    def __init__(self, centres, **kwargs):
+        super().__init__(**kwargs)
+        self.n_clusters, self.code_dim = centres.shape
+        self._initial = centres
+
+    def build(self, input_shape):
+        self.centres = self.add_weight(
+            name="centres",
+            shape=(self.n_clusters, self.code_dim),
+            initializer=keras.initializers.Constant(self._initial),
+            trainable=False,
+        )
+
+    def call(self, codes):
+        diff = ops.expand_dims(codes, 1) - ops.expand_dims(self.centres, 0)
+        distances = ops.sqrt(ops.maximum(ops.sum(diff * diff, axis=-1), 0.0))
+        return distances, ops.cast(ops.argmin(distances, axis=-1), "int32")
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.n_clusters), (input_shape[0],)
