@@ -1,0 +1,170 @@
+"""The one input path of all five endpoints: multipart images, JSON or ``.npy`` → ``float32 [N,28,28]`` in 0..1."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+from fastapi import Request
+from starlette.datastructures import UploadFile
+
+from app.errors import ApiError
+from app.imaging import decode_image, mnist_style, plain_28
+
+NPY_MAGIC = b"\x93NUMPY"
+MEDIA_TYPES = ("multipart/form-data", "application/json", "application/x-npy")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits checked before any heavy work."""
+
+    max_body_bytes: int
+    max_batch: int
+    max_image_pixels: int
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` (while streaming, not after)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "Content-Length is not a number")
+        if int(declared) > limit:
+            raise ApiError(413, f"request body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body passes the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def check_batch(batch: np.ndarray, limits: Limits, scale: float = 1.0) -> np.ndarray:
+    """Validate count, finiteness and range; return float32 in 0..1."""
+    if len(batch) == 0:
+        raise ApiError(422, "no images: send at least one")
+    if len(batch) > limits.max_batch:
+        raise ApiError(413, f"{len(batch)} images in one request; the limit is {limits.max_batch}")
+    if not np.isfinite(batch).all():
+        raise ApiError(422, "images hold NaN or infinite values")
+    low, high = float(batch.min()), float(batch.max())
+    if low < 0 or high > scale:
+        raise ApiError(422, f"pixel values must lie in 0..{scale:g}; got {low:g}..{high:g}")
+    batch = batch.astype(np.float32, copy=False)
+    return batch / np.float32(scale) if scale != 1.0 else batch
+
+
+def image_count(shape: tuple[int, ...], what: str) -> int:
+    """Images in an array of ``shape``: ``(28,28)``, ``(N,28,28)``, ``(N,28,28,1)`` or ``(N,784)``; else 422."""
+    if shape == (28, 28):
+        return 1
+    if (len(shape) == 3 and shape[1:] == (28, 28)) or (len(shape) == 4 and shape[1:] == (28, 28, 1)):
+        return shape[0]
+    if len(shape) == 2 and shape[1] == 784:
+        return shape[0]
+    raise ApiError(422, f"{what} has shape {shape}; expected (28,28), (N,28,28), (N,28,28,1) or (N,784)")
+
+
+def _as_images(array: np.ndarray, what: str) -> np.ndarray:
+    image_count(array.shape, what)
+    return array.reshape(-1, 28, 28)
+
+
+def parse_json(body: bytes, limits: Limits) -> np.ndarray:
+    """``{"images": [...], "pixel_scale": 1 | 255}`` → batch."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"body is not valid JSON ({exc.msg})") from None
+    if not isinstance(payload, dict) or "images" not in payload:
+        raise ApiError(400, 'JSON body must be an object with an "images" list')
+    images, scale = payload["images"], payload.get("pixel_scale", 1)
+    if isinstance(scale, bool) or scale not in (1, 255):
+        raise ApiError(422, f"pixel_scale must be 1 (values 0..1) or 255 (values 0..255), not {scale!r}")
+    if not isinstance(images, list):
+        raise ApiError(422, '"images" must be a list of images (28x28 nested lists or flat lists of 784 numbers)')
+    if len(images) > limits.max_batch:
+        raise ApiError(413, f"{len(images)} images in one request; the limit is {limits.max_batch}")
+    try:
+        array = np.array(images, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise ApiError(
+            422,
+            "every image must be 28x28 nested lists or a flat list of 784 numbers (no nulls, strings or ragged rows)",
+        ) from None
+    if array.ndim == 1 and len(array) == 0:
+        raise ApiError(422, "no images: send at least one")
+    if not (array.ndim == 3 or (array.ndim == 2 and array.shape[1] == 784)):
+        raise ApiError(422, f'"images" has shape {array.shape}; expected a list of 28x28 or 784-long images')
+    if np.isnan(array).any():  # JSON has no NaN: these were nulls
+        raise ApiError(422, "images hold nulls; every pixel must be a number")
+    return check_batch(_as_images(array, '"images"'), limits, float(scale))
+
+
+def parse_npy(body: bytes, limits: Limits) -> np.ndarray:
+    """The bytes of one ``.npy`` file (never unpickled) → batch."""
+    if not body.startswith(NPY_MAGIC):
+        raise ApiError(400, "body is not a .npy file (it must start with the \\x93NUMPY magic)")
+    stream = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(stream)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            raise ApiError(400, f".npy format version {version} is not supported; numpy.save writes 1.0")
+        shape, _, dtype = readers[version](stream)
+    except (ValueError, SyntaxError, OverflowError) as exc:
+        raise ApiError(400, f".npy header is malformed ({exc})") from None
+    if dtype.hasobject:
+        raise ApiError(422, ".npy holds Python objects; only uint8 (0..255) or float (0..1) arrays are accepted")
+    if not (dtype == np.uint8 or dtype.kind == "f"):
+        raise ApiError(422, f".npy dtype {dtype} is not accepted; send uint8 (0..255) or float (0..1)")
+    count = image_count(tuple(shape), "the .npy array")
+    if count > limits.max_batch:
+        raise ApiError(413, f"{count} images in one request; the limit is {limits.max_batch}")
+    try:
+        array = np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ApiError(400, f".npy data is truncated or corrupt ({exc})") from None
+    images = _as_images(array, "the .npy array")
+    return check_batch(images, limits, 255.0 if dtype == np.uint8 else 1.0)
+
+
+async def parse_multipart(request: Request, body: bytes, limits: Limits, preprocess: bool) -> np.ndarray:
+    """Parts named ``file``, each an image → batch (MNIST-style preprocessing unless ``preprocess`` is off)."""
+    request._body = body  # starlette re-reads the already size-checked body from here
+    try:
+        form = await request.form(max_files=limits.max_batch + 1, max_fields=16, max_part_size=limits.max_body_bytes)
+    except Exception as exc:  # noqa: BLE001 - the multipart parser raises several unrelated types
+        raise ApiError(400, f"malformed multipart body ({exc})") from None
+    files = [part for key, part in form.multi_items() if key == "file" and isinstance(part, UploadFile)]
+    if not files:
+        raise ApiError(422, 'multipart body has no image part named "file"')
+    if len(files) > limits.max_batch:
+        raise ApiError(413, f"{len(files)} images in one request; the limit is {limits.max_batch}")
+    images = []
+    for part in files:
+        grey = decode_image(await part.read(), limits.max_image_pixels)
+        images.append(mnist_style(grey) if preprocess else plain_28(grey))
+    return check_batch(np.stack(images), limits)
+
+
+async def read_images(request: Request, limits: Limits, preprocess: bool = True) -> np.ndarray:
+    """Decode any accepted request body into one ``float32 [N,28,28]`` batch in 0..1, or raise a 4xx."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    if not media:
+        raise ApiError(415, "missing Content-Type; send " + ", ".join(MEDIA_TYPES))
+    if media not in MEDIA_TYPES:
+        raise ApiError(415, f"Content-Type {media} is not accepted; send " + ", ".join(MEDIA_TYPES))
+    body = await read_body(request, limits.max_body_bytes)
+    if not body:
+        raise ApiError(400, "request body is empty")
+    if media == "application/json":
+        return parse_json(body, limits)
+    if media == "application/x-npy":
+        return parse_npy(body, limits)
+    return await parse_multipart(request, body, limits, preprocess)

@@ -1,0 +1,250 @@
+"""The service's models: discovered on disk, checked against their manifests, loaded once, warmed up.
+
+``models/<name>/<version>/`` holds a SavedModel and its ``manifest.json``; the manifest
+(class names, cluster label hints, in-distribution threshold, metrics) is everything the
+service knows about a model beyond its graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.errors import ApiError
+
+log = logging.getLogger("aeserve")
+
+DATASETS = ("mnist", "fashion-mnist")
+ENDPOINTS = ("encode", "reconstruct", "denoise", "classify", "cluster")
+# How each endpoint ranks the models that serve it, to pick a dataset's default: (test metric, higher is better).
+RANKING = {
+    "encode": ("mse", False),
+    "reconstruct": ("mse", False),
+    "denoise": ("mse", False),
+    "classify": ("accuracy", True),
+    "cluster": ("cluster_acc", True),
+}
+WARMUP_BATCHES = (1, 8, 64)
+
+
+@dataclass
+class ServedModel:
+    """One loaded model version and what its manifest says about it."""
+
+    name: str
+    version: int
+    manifest: dict
+    signature: Any
+
+    @property
+    def dataset(self) -> str:
+        return self.manifest["dataset"]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return self.manifest["endpoints"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.manifest["class_names"]
+
+    @property
+    def threshold(self) -> float | None:
+        return self.manifest.get("in_distribution", {}).get("threshold")
+
+    @property
+    def label_hints(self) -> list[str]:
+        return self.manifest.get("clusters", {}).get("label_hints", [])
+
+    def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the serving signature on a ``float32 [N,28,28]`` batch (blocking; call off the event loop)."""
+        import tensorflow as tf
+
+        outputs = self.signature(images=tf.constant(images, dtype=tf.float32))
+        return {key: value.numpy() for key, value in outputs.items()}
+
+
+@dataclass
+class ModelState:
+    """What the registry knows of one model version folder: loading, ready or failed (with the reason)."""
+
+    name: str
+    version: int
+    folder: Path
+    status: str = "pending"
+    reason: str | None = None
+    load_seconds: float | None = None
+
+
+class ModelLoadError(Exception):
+    """A model folder that cannot be served; the message says why."""
+
+
+def verify_files(folder: Path) -> dict:
+    """Read the manifest and check every file it lists against its sha256; return the manifest."""
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.exists():
+        raise ModelLoadError("manifest.json is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"manifest.json is unreadable ({exc})") from None
+    files = manifest.get("files") or {}
+    if "saved_model.pb" not in files:
+        raise ModelLoadError("manifest.json lists no saved_model.pb")
+    for rel, digest in files.items():
+        path = folder / rel
+        if not path.is_file():
+            raise ModelLoadError(f"{rel} is missing")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise ModelLoadError(f"{rel} does not match its sha256 in manifest.json (changed or corrupt)")
+    return manifest
+
+
+@dataclass
+class Registry:
+    """Every model version under ``models_dir``; thread-safe reads once loading has finished."""
+
+    models_dir: Path
+    warmup: bool = True
+    states: dict[tuple[str, int], ModelState] = field(default_factory=dict)
+    models: dict[str, dict[int, ServedModel]] = field(default_factory=dict)
+    defaults: dict[str, dict[str, str]] = field(default_factory=dict)
+    finished: threading.Event = field(default_factory=threading.Event)
+    problem: str | None = None
+
+    def discover(self) -> None:
+        """Find ``<name>/<version>/`` folders; each becomes a pending model state."""
+        if not self.models_dir.is_dir():
+            self.problem = f"models directory {self.models_dir} does not exist"
+            return
+        for model_dir in sorted(p for p in self.models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+            for folder in sorted(versions, key=lambda p: int(p.name)):
+                self.states[(model_dir.name, int(folder.name))] = ModelState(model_dir.name, int(folder.name), folder)
+        if not self.states:
+            self.problem = f"no <name>/<version>/ model folders under {self.models_dir}"
+
+    def _load_one(self, state: ModelState) -> None:
+        import tensorflow as tf
+
+        start = time.perf_counter()
+        state.status = "loading"
+        try:
+            manifest = verify_files(state.folder)
+            if manifest.get("name") != state.name or int(manifest.get("version", -1)) != state.version:
+                raise ModelLoadError(
+                    f"manifest names {manifest.get('name')}/{manifest.get('version')}, folder is "
+                    f"{state.name}/{state.version}"
+                )
+            try:
+                loaded = tf.saved_model.load(str(state.folder))
+                signature = loaded.signatures["serving_default"]
+            except Exception as exc:  # noqa: BLE001 - TensorFlow raises many types for a bad SavedModel
+                raise ModelLoadError(f"SavedModel does not load ({type(exc).__name__})") from None
+            model = ServedModel(state.name, state.version, manifest, signature)
+            model._keepalive = loaded  # the signature needs its object graph alive
+            if self.warmup:
+                for size in WARMUP_BATCHES:
+                    model.predict(np.zeros((size, 28, 28), np.float32))
+            self.models.setdefault(state.name, {})[state.version] = model
+            state.status = "ready"
+        except ModelLoadError as exc:
+            state.status, state.reason = "failed", str(exc)
+            log.error("model %s/%s not served: %s", state.name, state.version, exc)
+        state.load_seconds = round(time.perf_counter() - start, 3)
+
+    def load_all(self) -> None:
+        """Discover, verify, load and warm every model version, then choose each endpoint's defaults."""
+        try:
+            self.discover()
+            for state in self.states.values():
+                self._load_one(state)
+            self.defaults = self._choose_defaults()
+        finally:
+            self.finished.set()
+
+    def _choose_defaults(self) -> dict[str, dict[str, str]]:
+        defaults: dict[str, dict[str, str]] = {d: {} for d in DATASETS}
+        for endpoint, (metric, higher) in RANKING.items():
+            for dataset in DATASETS:
+                candidates = [m for m in self.latest_models() if m.dataset == dataset and endpoint in m.endpoints]
+                if not candidates:
+                    continue
+
+                def score(m: ServedModel, metric=metric, higher=higher) -> float:
+                    value = m.manifest.get("metrics", {}).get("test", {}).get(metric)
+                    if value is None:
+                        return float("inf")
+                    return -value if higher else value
+
+                defaults[dataset][endpoint] = min(candidates, key=lambda m: (score(m), m.name)).name
+        return defaults
+
+    def latest_models(self) -> list[ServedModel]:
+        """The newest loaded version of every model."""
+        return [versions[max(versions)] for _, versions in sorted(self.models.items())]
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self.finished.is_set() and self.problem is None and all(s.status == "ready" for s in self.states.values())
+        )
+
+    def not_ready_reason(self) -> str:
+        """Why ``/readyz`` is not ready, in words."""
+        if self.problem:
+            return self.problem
+        if not self.finished.is_set():
+            pending = [f"{s.name}/{s.version}" for s in self.states.values() if s.status in ("pending", "loading")]
+            return "loading models: " + (", ".join(pending) or "discovering")
+        failed = [f"{s.name}/{s.version}: {s.reason}" for s in self.states.values() if s.status == "failed"]
+        return "models failed to load: " + "; ".join(failed)
+
+    def get(self, name: str, version: int | None = None) -> ServedModel:
+        """A loaded model by name (newest version unless ``version``), or an :class:`ApiError`."""
+        versions = self.models.get(name)
+        if versions is None:
+            known = {state_name for state_name, _ in self.states}
+            if name in known:
+                state = max((s for s in self.states.values() if s.name == name), key=lambda s: s.version)
+                if state.status == "failed":
+                    raise ApiError(503, f"model {name} is not available: {state.reason}")
+                raise ApiError(503, f"model {name} is still loading", {"Retry-After": "1"})
+            raise ApiError(404, f"unknown model {name!r}; GET /models lists the models served")
+        if version is None:
+            return versions[max(versions)]
+        if version not in versions:
+            raise ApiError(404, f"model {name} has no version {version}; versions: {sorted(versions)}")
+        return versions[version]
+
+    def resolve(self, endpoint: str, dataset: str | None, name: str | None) -> ServedModel:
+        """The model that answers ``endpoint``: the one named, or the dataset's default."""
+        if dataset is not None and dataset not in DATASETS:
+            raise ApiError(404, f"unknown dataset {dataset!r}; datasets: {', '.join(DATASETS)}")
+        if name is not None:
+            model = self.get(name)
+            if endpoint not in model.endpoints:
+                raise ApiError(
+                    404,
+                    f"model {name} does not serve /{endpoint}; it serves "
+                    + ", ".join(f"/{e}" for e in model.endpoints),
+                )
+            if dataset is not None and model.dataset != dataset:
+                raise ApiError(400, f"model {name} is a {model.dataset} model, not {dataset}")
+            return model
+        dataset = dataset or "mnist"
+        if not self.finished.is_set():
+            raise ApiError(503, "models are still loading", {"Retry-After": "1"})
+        default = self.defaults.get(dataset, {}).get(endpoint)
+        if default is None:
+            raise ApiError(404, f"no model serves /{endpoint} for dataset {dataset}")
+        return self.get(default)

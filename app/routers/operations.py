@@ -1,0 +1,81 @@
+"""Operating endpoints: ``/models``, ``/models/{name}``, ``/healthz``, ``/readyz``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+
+from app.dependencies import get_registry
+from app.errors import ApiError, error_response
+from app.registry import Registry, ServedModel
+from app.responses import JSON
+from app.schemas import ErrorResponse
+
+router = APIRouter(tags=["operations"])
+
+SUMMARY_KEYS = ("dataset", "recipe", "endpoints", "latent_dim", "code_image_shape", "class_names")
+
+
+def _json(payload: dict, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status, media_type=JSON)
+
+
+def describe(registry: Registry, name: str) -> dict:
+    """One model: its versions' states, and the newest loaded version's manifest summary and metrics."""
+    states = sorted((s for s in registry.states.values() if s.name == name), key=lambda s: s.version)
+    entry: dict = {
+        "name": name,
+        "versions": [
+            {"version": s.version, "status": s.status, "reason": s.reason, "load_seconds": s.load_seconds}
+            for s in states
+        ],
+    }
+    loaded: ServedModel | None = None
+    if name in registry.models:
+        loaded = registry.get(name)
+    if loaded is None:
+        entry["status"] = states[-1].status if states else "unknown"
+        entry["reason"] = states[-1].reason if states else None
+        return entry
+    manifest = loaded.manifest
+    entry |= {"status": "ready", "version": loaded.version} | {k: manifest.get(k) for k in SUMMARY_KEYS}
+    entry["default_for"] = sorted(e for e, n in registry.defaults.get(loaded.dataset, {}).items() if n == name)
+    entry["metrics"] = manifest.get("metrics", {}).get("test", {})
+    entry["architecture"] = manifest.get("architecture", {}).get("description")
+    entry["parameters"] = manifest.get("architecture", {}).get("parameters")
+    if "in_distribution" in manifest:
+        entry["in_distribution"] = {
+            k: manifest["in_distribution"][k] for k in ("threshold", "threshold_quantile", "test_false_positive_rate")
+        }
+    if "clusters" in manifest:
+        entry["clusters"] = {k: manifest["clusters"][k] for k in ("n_clusters", "label_hints")}
+    entry["manifest"] = manifest
+    return entry
+
+
+@router.get("/models", summary="Every model with its manifest summary and status")
+def list_models(registry: Annotated[Registry, Depends(get_registry)]) -> Response:
+    names = sorted({name for name, _ in registry.states})
+    return _json({"models": [describe(registry, n) for n in names], "defaults": registry.defaults})
+
+
+@router.get("/models/{name}", summary="One model", responses={404: {"model": ErrorResponse}})
+def get_model(name: str, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
+    if name not in {n for n, _ in registry.states}:
+        raise ApiError(404, f"unknown model {name!r}; GET /models lists the models served")
+    return _json(describe(registry, name))
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+def healthz() -> Response:
+    return _json({"status": "ok"})
+
+
+@router.get("/readyz", summary="Readiness: every model loaded and warmed up", responses={503: {"model": ErrorResponse}})
+def readyz(registry: Annotated[Registry, Depends(get_registry)]) -> Response:
+    if not registry.ready:
+        return error_response(503, registry.not_ready_reason(), {"Retry-After": "1"})
+    return _json({"status": "ready", "models": sum(len(v) for v in registry.models.values())})

@@ -1,0 +1,51 @@
+"""Request bodies in every input form, made the way a client makes them."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def png_bytes(image: np.ndarray | Image.Image, fmt: str = "PNG") -> bytes:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def as_json(images: np.ndarray, flat: bool = False) -> dict:
+    """uint8 images as the JSON input form, 0..1 nested (default) or 0..255 flat."""
+    if flat:
+        return {"images": images.reshape(len(images), -1).astype(int).tolist(), "pixel_scale": 255}
+    return {"images": (images / 255.0).tolist()}
+
+
+def photo_of_digit(digit: int, seed: int = 0) -> bytes:
+    """A digit drawn dark on a light 300x200 background with noise, as a phone photo of paper might be."""
+    image = Image.new("L", (300, 200), 225)
+    draw = ImageDraw.Draw(image)
+    strokes = {
+        1: [[(150, 35), (150, 165)]],
+        7: [[(105, 45), (195, 45), (135, 165)]],
+        0: None,
+    }
+    if digit == 0:
+        draw.ellipse((105, 30, 195, 170), outline=25, width=14)
+    else:
+        for line in strokes[digit]:
+            draw.line(line, fill=25, width=14, joint="curve")
+    noisy = np.asarray(image, np.float64) + np.random.default_rng(seed).normal(0, 12, (200, 300))
+    return png_bytes(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def multipart(*files: bytes, name: str = "file", kind: str = "image/png") -> dict:
+    return {"files": [(name, (f"image{i}.png", data, kind)) for i, data in enumerate(files)]}

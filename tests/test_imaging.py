@@ -1,0 +1,76 @@
+"""MNIST-style preprocessing of uploaded images."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from helpers import photo_of_digit, png_bytes
+from PIL import Image
+
+from app.errors import ApiError
+from app.imaging import decode_image, mnist_style, plain_28, to_png
+
+
+def test_light_background_is_inverted_cropped_fitted_and_centred():
+    page = np.ones((200, 300), np.float32)
+    page[50:150, 200:220] = 0.0  # a dark vertical bar, off-centre, on white
+    out = mnist_style(page)
+    assert out.shape == (28, 28) and out.dtype == np.float32
+    assert out.max() == pytest.approx(1.0, abs=0.05) and out[0].max() == 0 and out[:, 0].max() == 0
+    rows, _ = np.nonzero(out > 0.5)
+    assert rows.max() - rows.min() + 1 == 20  # the longer side fits 20 pixels
+    ys, xs = np.indices(out.shape)
+    assert (ys * out).sum() / out.sum() == pytest.approx(14, abs=1)
+    assert (xs * out).sum() / out.sum() == pytest.approx(14, abs=1)
+
+
+def test_dark_background_is_kept():
+    image = np.zeros((28, 28), np.float32)
+    image[4:24, 12:16] = 1.0
+    out = mnist_style(image)
+    assert out[14, 14] > 0.5 and out[0, 0] == 0
+
+
+def test_blank_image_stays_blank():
+    assert mnist_style(np.full((50, 50), 0.8, np.float32)).max() == 0
+
+
+def test_plain_resize_only():
+    out = plain_28(np.full((56, 56), 0.5, np.float32))
+    assert out.shape == (28, 28) and np.allclose(out, 0.5, atol=1e-3)
+
+
+def test_photo_decodes_to_grey():
+    grey = decode_image(photo_of_digit(1), max_pixels=10**6)
+    assert grey.shape == (200, 300) and grey.min() >= 0 and grey.max() <= 1
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "CMYK", "I;16", "LA", "1"])
+def test_every_pillow_mode_becomes_grey(mode):
+    base = Image.fromarray(np.tile(np.linspace(0, 255, 28, dtype=np.uint8), (28, 1)))
+    image = base.convert("I").point(lambda v: v * 257).convert("I;16") if mode == "I;16" else base.convert(mode)
+    fmt = "TIFF" if mode in ("CMYK", "I;16") else "PNG"
+    grey = decode_image(png_bytes(image, fmt), max_pixels=10**6)
+    assert grey.shape == (28, 28) and grey.dtype == np.float32
+    assert grey.min() >= 0 and grey.max() <= 1
+
+
+def test_transparent_background_counts_as_white():
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[5:20, 10:14] = (0, 0, 0, 255)  # opaque black ink, the rest fully transparent
+    grey = decode_image(png_bytes(Image.fromarray(rgba, "RGBA")), max_pixels=10**6)
+    assert grey[0, 0] == 1.0 and grey[10, 12] == 0.0
+
+
+def test_oversized_image_refused_before_decoding():
+    with pytest.raises(ApiError) as info:
+        decode_image(png_bytes(np.zeros((300, 300), np.uint8)), max_pixels=50_000)
+    assert info.value.status == 413
+
+
+def test_grid_png():
+    images = np.random.default_rng(0).random((10, 28, 28)).astype(np.float32)
+    grid = Image.open(io.BytesIO(to_png(images)))
+    assert grid.size == (4 * 30 - 2, 3 * 30 - 2)
