@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 
-.PHONY: help serve test lint format train evaluate report clean
+.PHONY: help serve test lint format train evaluate report examples clean
 
 help:
 	@echo "make serve     serve the committed models on http://$(HOST):$(PORT)"
@@ -20,6 +20,7 @@ help:
 	@echo "make train     train, evaluate and export every recipe into models/"
 	@echo "make evaluate  re-evaluate the committed models against their floors"
 	@echo "make report    regenerate models/REPORT.md and its figures"
+	@echo "make examples  regenerate README's API examples from a running service"
 	@echo "make lint      ruff"
 
 $(RUNTIME): pyproject.toml
@@ -53,6 +54,9 @@ evaluate: $(DEV)
 
 report: $(DEV)
 	$(BIN)/python -m training report
+
+examples: $(DEV)
+	$(BIN)/python scripts/api_examples.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

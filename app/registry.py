@@ -163,7 +163,9 @@ class Registry:
         state.load_seconds = round(time.perf_counter() - start, 3)
 
     def load_all(self) -> None:
-        """Discover, verify, load and warm every model version, then choose each endpoint's defaults."""
+        """Discover, verify, load and warm every model version, then choose each endpoint's defaults (once)."""
+        if self.finished.is_set():
+            return
         try:
             self.discover()
             for state in self.states.values():

@@ -194,3 +194,24 @@ async def test_models_and_health(client):
     assert one["metrics"]["cluster_acc"] > 0.5 and one["manifest"]["files"]
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     assert (await client.get("/readyz")).status_code == 200
+
+
+OUTPUT_KEYS = {
+    "encode": "codes",
+    "reconstruct": "images",
+    "denoise": "images",
+    "classify": "predictions",
+    "cluster": "assignments",
+}
+
+
+@pytest.mark.parametrize("endpoint", list(OUTPUT_KEYS))
+async def test_every_endpoint_takes_every_input_form(client, digits, endpoint):
+    images, _ = digits
+    for form, kwargs in forms(images[:3]).items():
+        response = await client.post(f"/{endpoint}", **kwargs)
+        assert response.status_code == 200, (form, response.text)
+        body = response.json()
+        assert len(body[OUTPUT_KEYS[endpoint]]) == 3, form
+        assert body["model"] == response.headers["x-model"]
+        assert str(body["version"]) == response.headers["x-model-version"]

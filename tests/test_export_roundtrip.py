@@ -9,6 +9,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ready_app
+from fastapi.testclient import TestClient
 
 from training import zoo
 from training.datasets import Dataset, load_dataset
@@ -70,3 +72,14 @@ def test_train_export_load_round_trip(name, slices, tmp_path):
         with np.load(folder / "clusters.npz", allow_pickle=False) as arrays:
             np.testing.assert_allclose(arrays["centres"], trained.centres)
         assert len(manifest["clusters"]["label_hints"]) == 10
+
+    # the service serves the freshly exported model, with the same numbers
+    app = ready_app(models_dir=tmp_path)
+    assert app.state.registry.ready, app.state.registry.not_ready_reason()
+    with TestClient(app) as http:
+        for endpoint in spec.endpoints:
+            response = http.post(f"/{endpoint}", params={"model": name}, json={"images": images[:4].tolist()})
+            assert response.status_code == 200, response.text
+            assert response.json()["model"] == name and response.json()["version"] == 3
+        codes = http.post("/encode", params={"model": name}, json={"images": images[:4].tolist()}).json()["codes"]
+        np.testing.assert_allclose(codes, after["codes"][:4], rtol=1e-5, atol=1e-5)

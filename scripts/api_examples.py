@@ -1,0 +1,181 @@
+"""Regenerate README's request/response examples from a real running service.
+
+Starts ``uvicorn app.main:app`` on a free loopback port, writes the sample inputs under
+``examples/`` (digits drawn here, not taken from the datasets), runs every example, and
+rewrites the README between ``<!-- api-examples:start -->`` and ``<!-- api-examples:end -->``.
+Run it with ``make examples``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+START, END = "<!-- api-examples:start -->", "<!-- api-examples:end -->"
+
+
+def draw_digit(digit: int, seed: int) -> Image.Image:
+    """A digit drawn in dark ink on light, slightly noisy paper (300x200), like a phone photo."""
+    image = Image.new("L", (300, 200), 225)
+    draw = ImageDraw.Draw(image)
+    if digit == 0:
+        draw.ellipse((105, 30, 195, 170), outline=25, width=14)
+    elif digit == 1:
+        draw.line([(150, 35), (150, 165)], fill=25, width=14)
+    else:
+        draw.line([(105, 45), (195, 45), (135, 165)], fill=25, width=14, joint="curve")
+    noisy = np.asarray(image, np.float64) + np.random.default_rng(seed).normal(0, 12, (200, 300))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def write_inputs() -> None:
+    """examples/seven.png, examples/zero.png, examples/digits.npy (uint8 3x28x28), examples/digit.json."""
+    sys.path.insert(0, str(ROOT))
+    from app.imaging import mnist_style
+
+    EXAMPLES.mkdir(exist_ok=True)
+    drawn = {d: draw_digit(d, seed=d) for d in (0, 1, 7)}
+    drawn[7].save(EXAMPLES / "seven.png")
+    drawn[0].save(EXAMPLES / "zero.png")
+    batch = np.stack([mnist_style(np.asarray(drawn[d], np.float32) / 255) for d in (0, 1, 7)])
+    np.save(EXAMPLES / "digits.npy", (batch * 255).round().astype(np.uint8))
+    flat = (batch[2] * 255).round().astype(int).reshape(-1).tolist()
+    (EXAMPLES / "digit.json").write_text(json.dumps({"images": [flat], "pixel_scale": 255}) + "\n")
+
+
+def shorten(value, width: int = 4):
+    """Long lists become their first items and a count, images a placeholder, so a response fits on a screen."""
+    if isinstance(value, list) and len(value) == 28 and all(isinstance(r, list) and len(r) == 28 for r in value):
+        return "<28x28 floats>"
+    if isinstance(value, list):
+        if len(value) > width:
+            return [shorten(v, width) for v in value[:width]] + [f"... {len(value) - width} more"]
+        return [shorten(v, width) for v in value]
+    if isinstance(value, dict):
+        return {k: shorten(v, width) for k, v in value.items()}
+    if isinstance(value, float):
+        return round(value, 4)
+    return value
+
+
+EXAMPLE_RUNS = [
+    # (title, curl arguments after the URL, endpoint + query, httpx kwargs builder, accept)
+    ("Classify a photo of a drawn digit (multipart)", "-F file=@examples/seven.png", "/classify",
+     lambda: {"files": [("file", ("seven.png", (EXAMPLES / "seven.png").read_bytes(), "image/png"))]}),
+    ("Classify two files at once, the model named (multipart)",
+     "-F file=@examples/seven.png -F file=@examples/zero.png", "/classify?model=mnist-pretrained-classifier",
+     lambda: {"files": [("file", ("seven.png", (EXAMPLES / "seven.png").read_bytes(), "image/png")),
+                        ("file", ("zero.png", (EXAMPLES / "zero.png").read_bytes(), "image/png"))]}),
+    ("Encode a JSON image (flat 784 values, 0..255)",
+     "-H 'Content-Type: application/json' -d @examples/digit.json", "/encode",
+     lambda: {"content": (EXAMPLES / "digit.json").read_bytes(), "headers": {"content-type": "application/json"}}),
+    ("Encode an npy batch (uint8, 3x28x28) with a named model",
+     "-H 'Content-Type: application/x-npy' --data-binary @examples/digits.npy", "/encode?model=mnist-kmeans",
+     lambda: {"content": (EXAMPLES / "digits.npy").read_bytes(), "headers": {"content-type": "application/x-npy"}}),
+    ("Reconstruct, with per-image error and the in-distribution flag (npy in)",
+     "-H 'Content-Type: application/x-npy' --data-binary @examples/digits.npy", "/reconstruct",
+     lambda: {"content": (EXAMPLES / "digits.npy").read_bytes(), "headers": {"content-type": "application/x-npy"}}),
+    ("Reconstruct as .npy (Accept)",
+     "-H 'Content-Type: application/x-npy' -H 'Accept: application/x-npy' --data-binary @examples/digits.npy "
+     "-o reconstruction.npy", "/reconstruct",
+     lambda: {"content": (EXAMPLES / "digits.npy").read_bytes(),
+              "headers": {"content-type": "application/x-npy", "accept": "application/x-npy"}}),
+    ("Denoise with server-side noise (std 0.6, seed 1), JSON in",
+     "-H 'Content-Type: application/json' -d @examples/digit.json", "/denoise?noise_std=0.6&seed=1",
+     lambda: {"content": (EXAMPLES / "digit.json").read_bytes(), "headers": {"content-type": "application/json"}}),
+    ("Denoise to a PNG grid (Accept: image/png)",
+     "-F file=@examples/seven.png -F file=@examples/zero.png -H 'Accept: image/png' -o denoised.png",
+     "/denoise?noise_std=0.5&seed=2",
+     lambda: {"files": [("file", ("seven.png", (EXAMPLES / "seven.png").read_bytes(), "image/png")),
+                        ("file", ("zero.png", (EXAMPLES / "zero.png").read_bytes(), "image/png"))],
+              "headers": {"accept": "image/png"}}),
+    ("Cluster (multipart)", "-F file=@examples/zero.png", "/cluster",
+     lambda: {"files": [("file", ("zero.png", (EXAMPLES / "zero.png").read_bytes(), "image/png"))]}),
+    ("Classify with the Fashion-MNIST default model (npy in; digits are not clothes, this shows the class names)",
+     "-H 'Content-Type: application/x-npy' --data-binary @examples/digits.npy", "/classify?dataset=fashion-mnist",
+     lambda: {"content": (EXAMPLES / "digits.npy").read_bytes(), "headers": {"content-type": "application/x-npy"}}),
+    ("An error: an image of the wrong shape",
+     "-H 'Content-Type: application/json' -d '{\"images\": [[2.0]]}'", "/encode",
+     lambda: {"json": {"images": [[2.0]]}}),
+    ("An error: an unknown model", "-F file=@examples/seven.png", "/classify?model=mnist-unknown",
+     lambda: {"files": [("file", ("seven.png", (EXAMPLES / "seven.png").read_bytes(), "image/png"))]}),
+]
+
+
+def describe(response: httpx.Response) -> str:
+    kind = response.headers["content-type"]
+    head = f"HTTP {response.status_code} {response.reason_phrase}; Content-Type: {kind}"
+    if "x-model" in response.headers:
+        head += f"; X-Model: {response.headers['x-model']}; X-Model-Version: {response.headers['x-model-version']}"
+    if kind == "application/json":
+        body = shorten(response.json())
+        return head + "\n{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in body.items()) + "\n}"
+    if kind == "application/x-npy":
+        array = np.load(io.BytesIO(response.content), allow_pickle=False)
+        return head + f"\n(.npy: {array.dtype} array of shape {array.shape})"
+    image = Image.open(io.BytesIO(response.content))
+    return head + f"\n(PNG: {image.size[0]}x{image.size[1]} {image.mode})"
+
+
+def start_server() -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    process.kill()
+    raise SystemExit("the service did not become ready")
+
+
+def main() -> None:
+    write_inputs()
+    process, base = start_server()
+    sections = []
+    try:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            for title, curl, path, kwargs in EXAMPLE_RUNS:
+                response = http.post(path, **kwargs())
+                sections.append(f"**{title}**\n\n```sh\ncurl -s {curl} 'localhost:8000{path}'\n```\n```\n"
+                                f"{describe(response)}\n```\n")
+            listing = http.get("/models").json()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    defaults = "\n".join(f"| {d} | " + " | ".join(listing["defaults"][d].get(e, "none") for e in
+                                                  ("encode", "reconstruct", "denoise", "classify", "cluster")) + " |"
+                         for d in listing["defaults"])
+    text = ("Generated by `make examples` (scripts/api_examples.py) against a running service; long lists are cut "
+            "to their first items.\n\nDefault model per endpoint (the best test metric per dataset, from the "
+            "manifests):\n\n| dataset | /encode | /reconstruct | /denoise | /classify | /cluster |\n"
+            "|---|---|---|---|---|---|\n" + defaults + "\n\n" + "\n".join(sections))
+    readme = (ROOT / "README.md").read_text()
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    (ROOT / "README.md").write_text(pattern.sub(lambda _: f"{START}\n{text}\n{END}", readme))
+    print(f"README.md: {len(EXAMPLE_RUNS)} examples")
+
+
+if __name__ == "__main__":
+    main()
