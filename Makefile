@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 
-.PHONY: help serve test lint format train evaluate report examples clean
+.PHONY: help serve test lint format train evaluate report examples bench clean
 
 help:
 	@echo "make serve     serve the committed models on http://$(HOST):$(PORT)"
@@ -21,6 +21,7 @@ help:
 	@echo "make evaluate  re-evaluate the committed models against their floors"
 	@echo "make report    regenerate models/REPORT.md and its figures"
 	@echo "make examples  regenerate README's API examples from a running service"
+	@echo "make bench     the serving benchmark: the service beside a bare FastAPI ceiling and a naive app"
 	@echo "make lint      ruff"
 
 $(RUNTIME): pyproject.toml
@@ -57,6 +58,10 @@ report: $(DEV)
 
 examples: $(DEV)
 	$(BIN)/python scripts/api_examples.py
+
+bench: $(RUNTIME)
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -8,11 +8,11 @@ from app.inputs import Limits
 from app.registry import Registry
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     """The registry of the app serving this request."""
     return request.app.state.registry
 
 
-def get_limits(request: Request) -> Limits:
+async def get_limits(request: Request) -> Limits:
     """The request limits of the app serving this request."""
     return request.app.state.limits

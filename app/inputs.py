@@ -140,15 +140,18 @@ async def parse_multipart(request: Request, body: bytes, limits: Limits, preproc
         form = await request.form(max_files=limits.max_batch + 1, max_fields=16, max_part_size=limits.max_body_bytes)
     except Exception as exc:  # noqa: BLE001 - the multipart parser raises several unrelated types
         raise ApiError(400, f"malformed multipart body ({exc})") from None
-    files = [part for key, part in form.multi_items() if key == "file" and isinstance(part, UploadFile)]
-    if not files:
-        raise ApiError(422, 'multipart body has no image part named "file"')
-    if len(files) > limits.max_batch:
-        raise ApiError(413, f"{len(files)} images in one request; the limit is {limits.max_batch}")
-    images = []
-    for part in files:
-        grey = decode_image(await part.read(), limits.max_image_pixels)
-        images.append(mnist_style(grey) if preprocess else plain_28(grey))
+    try:
+        files = [part for key, part in form.multi_items() if key == "file" and isinstance(part, UploadFile)]
+        if not files:
+            raise ApiError(422, 'multipart body has no image part named "file"')
+        if len(files) > limits.max_batch:
+            raise ApiError(413, f"{len(files)} images in one request; the limit is {limits.max_batch}")
+        images = []
+        for part in files:
+            grey = decode_image(await part.read(), limits.max_image_pixels)
+            images.append(mnist_style(grey) if preprocess else plain_28(grey))
+    finally:
+        await form.close()
     return check_batch(np.stack(images), limits)
 
 

@@ -19,5 +19,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 2**20, gt=0, description="largest request body accepted (413 above)")
     max_batch: int = Field(1024, gt=0, description="most images in one request (413 above)")
     max_image_pixels: int = Field(16_000_000, gt=0, description="most pixels of one uploaded image (413 above)")
+    batching: bool = Field(True, description="answer requests that arrive together with one model call")
+    batch_max_size: int = Field(256, gt=0, description="most images in one model call")
+    batch_max_delay_us: int = Field(
+        500,
+        ge=0,
+        description="longest wait of a batch's first request for others (like TF Serving's batch_timeout_micros)",
+    )
+    batch_max_queue_images: int = Field(16384, gt=0, description="most images queued per model; 503 beyond")
     warmup: bool = Field(True, description="run each model once on a dummy batch before reporting ready")
     log_level: str = Field("info", description="Python log level of the service's own logger")

@@ -7,7 +7,6 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from app.dependencies import get_limits, get_registry
 from app.inputs import Limits, read_images
@@ -108,7 +107,7 @@ async def encode(
     preprocess: Preprocess = "mnist",
 ) -> Response:
     served, media, images = await _run(request, "encode", registry, limits, dataset, model, preprocess, (JSON, NPY))
-    codes = (await run_in_threadpool(served.predict, images))["codes"]
+    codes = (await served.run(images))["codes"]
     if media == NPY:
         return npy_response(codes, served)
     payload = {"model": served.name, "version": served.version, "latent_dim": codes.shape[1], "codes": codes}
@@ -127,7 +126,7 @@ async def reconstruct(
     served, media, images = await _run(
         request, "reconstruct", registry, limits, dataset, model, preprocess, (JSON, NPY, PNG)
     )
-    reconstruction = (await run_in_threadpool(served.predict, images))["reconstruction"]
+    reconstruction = (await served.run(images))["reconstruction"]
     if media == NPY:
         return npy_response(reconstruction, served)
     if media == PNG:
@@ -164,7 +163,7 @@ async def denoise(
         rng = np.random.default_rng(seed)
         noisy = np.clip(images + rng.normal(0.0, noise_std, images.shape), 0.0, 1.0).astype(np.float32)
         images = noisy
-    denoised = (await run_in_threadpool(served.predict, images))["denoised"]
+    denoised = (await served.run(images))["denoised"]
     if media == NPY:
         return npy_response(denoised, served)
     if media == PNG:
@@ -185,7 +184,7 @@ async def classify(
     preprocess: Preprocess = "mnist",
 ) -> Response:
     served, _, images = await _run(request, "classify", registry, limits, dataset, model, preprocess)
-    probabilities = (await run_in_threadpool(served.predict, images))["probabilities"]
+    probabilities = (await served.run(images))["probabilities"]
     labels = probabilities.argmax(axis=1)
     names = served.class_names
     predictions = [
@@ -205,7 +204,7 @@ async def cluster(
     preprocess: Preprocess = "mnist",
 ) -> Response:
     served, _, images = await _run(request, "cluster", registry, limits, dataset, model, preprocess)
-    outputs = await run_in_threadpool(served.predict, images)
+    outputs = await served.run(images)
     hints = served.label_hints
     assignments = [
         {"cluster": int(k), "distances": d, "label_hint": hints[k] if k < len(hints) else ""}

@@ -57,25 +57,25 @@ def describe(registry: Registry, name: str) -> dict:
 
 
 @router.get("/models", summary="Every model with its manifest summary and status")
-def list_models(registry: Annotated[Registry, Depends(get_registry)]) -> Response:
+async def list_models(registry: Annotated[Registry, Depends(get_registry)]) -> Response:
     names = sorted({name for name, _ in registry.states})
     return _json({"models": [describe(registry, n) for n in names], "defaults": registry.defaults})
 
 
 @router.get("/models/{name}", summary="One model", responses={404: {"model": ErrorResponse}})
-def get_model(name: str, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
+async def get_model(name: str, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
     if name not in {n for n, _ in registry.states}:
         raise ApiError(404, f"unknown model {name!r}; GET /models lists the models served")
     return _json(describe(registry, name))
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
-def healthz() -> Response:
+async def healthz() -> Response:
     return _json({"status": "ok"})
 
 
 @router.get("/readyz", summary="Readiness: every model loaded and warmed up", responses={503: {"model": ErrorResponse}})
-def readyz(registry: Annotated[Registry, Depends(get_registry)]) -> Response:
+async def readyz(registry: Annotated[Registry, Depends(get_registry)]) -> Response:
     if not registry.ready:
         return error_response(503, registry.not_ready_reason(), {"Retry-After": "1"})
     return _json({"status": "ready", "models": sum(len(v) for v in registry.models.values())})

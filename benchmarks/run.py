@@ -1,0 +1,230 @@
+"""Serving benchmark: the service beside the bare-server ceiling and the naive tutorial app.
+
+Starts each server in turn on loopback (uvicorn, one worker, the same flags), drives it
+with wrk (1 thread, 8 connections) for the same three loads, and prints one table:
+requests/s, p50, p99, ratio to the ceiling and to the naive app; start-to-ready time and
+RSS per worker. Run with ``make bench`` (installs Debian's wrk when missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVERS = {
+    "ceiling (bare FastAPI)": "benchmarks.bare_app:app",
+    "naive (tutorial app)": "benchmarks.naive_app:app",
+    "aeserve": "app.main:app",
+}
+LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "{content_type}"
+local f = io.open("{body}", "rb")
+wrk.body = f:read("*all")
+f:close()
+"""
+
+
+def bodies(folder: Path) -> dict[str, tuple[str, str, Path, int]]:
+    """The three loads: name -> (path, content type, body file, images per request)."""
+    digits = np.load(ROOT / "examples" / "digits.npy", allow_pickle=False)
+    one = folder / "one.json"
+    one.write_text(json.dumps({"images": [(digits[2] / 255.0).round(4).tolist()]}))
+    png = io.BytesIO()
+    Image.fromarray(digits[2]).save(png, format="PNG")
+    boundary = "benchmarkboundary"
+    multipart = folder / "one.multipart"
+    multipart.write_bytes(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="digit.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + png.getvalue()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    batch = np.resize(digits, (1024, 28, 28))
+    npy = folder / "batch.npy"
+    np.save(npy, batch)
+    batch_json = folder / "batch.json"  # the naive app takes JSON only
+    batch_json.write_text(json.dumps({"images": (batch / 255.0).round(3).tolist()}))
+    return {
+        "JSON /encode, 1 image": ("/encode", "application/json", one, 1),
+        "PNG upload /classify": ("/classify", f"multipart/form-data; boundary={boundary}", multipart, 1),
+        "npy /encode, 1024 images": ("/encode", "application/x-npy", npy, 1024),
+        "JSON /encode, 1024 images (naive app's form)": ("/encode", "application/json", batch_json, 1024),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(target: str, env: dict[str, str]) -> tuple[subprocess.Popen, str, float]:
+    port = free_port()
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            target,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=os.environ | env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    while time.perf_counter() - started < 120:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return process, base, time.perf_counter() - started
+        except httpx.TransportError:
+            time.sleep(0.05)
+    process.kill()
+    raise SystemExit(f"{target} did not become ready in 120 s")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def to_ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def wrk(base: str, path: str, content_type: str, body: Path, seconds: int, connections: int, folder: Path) -> dict:
+    script = folder / f"{body.stem}.lua"
+    script.write_text(LUA.format(content_type=content_type, body=body))
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "30s",
+            "--latency",
+            "-s",
+            str(script),
+            base + path,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M)) or {"50": "0us", "99": "0us"}
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": to_ms(percentiles["50"]),
+        "p99": to_ms(percentiles["99"]),
+        "errors": int(errors.group(1)) if errors else 0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10, help="measured seconds per load")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured seconds before each load")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--only", choices=list(SERVERS), action="append", help="run only these servers")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment of the service, e.g. AESERVE_BATCHING=false",
+    )
+    args = parser.parse_args()
+    service_env = dict(item.split("=", 1) for item in args.env)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install wrk (or run make bench)")
+    folder = Path(tempfile.mkdtemp(prefix="aeserve-bench-"))
+    loads = bodies(folder)
+    results: dict[str, dict[str, dict]] = {}
+    startup: dict[str, tuple[float, float]] = {}
+    for server, target in SERVERS.items():
+        if args.only and server not in args.only:
+            continue
+        process, base, ready = start(target, service_env if target == "app.main:app" else {})
+        try:
+            for load, (path, content_type, body, _) in loads.items():
+                if ("naive" in server) != ("naive app's form" in load) and "1024" in load:
+                    continue  # each server gets the batch in the form it takes
+                if args.warmup:
+                    wrk(base, path, content_type, body, args.warmup, args.connections, folder)
+                results.setdefault(load, {})[server] = wrk(
+                    base, path, content_type, body, args.seconds, args.connections, folder
+                )
+                print(f"{server:24} {load:46} {results[load][server]}", file=sys.stderr, flush=True)
+            startup[server] = (ready, rss_mb(process.pid))
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    print_table(results, startup, loads, args)
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("inf")
+
+
+def print_table(results, startup, loads, args) -> None:
+    ceiling, naive, ours = SERVERS
+    settings = f"; service environment {' '.join(args.env)}" if args.env else ""
+    print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s, one uvicorn worker each, loopback{settings}.\n")
+    print("| load | server | requests/s | images/s | p50 ms | p99 ms | non-2xx | × ceiling | × naive |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    batch_loads = ("npy /encode, 1024 images", "JSON /encode, 1024 images (naive app's form)")
+    for load, by_server in results.items():
+        if load == batch_loads[1]:
+            continue
+        rows = dict(by_server)
+        if load == batch_loads[0] and naive in results.get(batch_loads[1], {}):
+            rows[naive] = results[batch_loads[1]][naive]
+        per_request = loads[load][3]
+        for server in (ceiling, naive, ours):
+            if server not in rows:
+                continue
+            r = rows[server]
+            vs_ceiling = ratio(r["rps"], rows[ceiling]["rps"]) if ceiling in rows else float("nan")
+            vs_naive = ratio(r["rps"], rows[naive]["rps"]) if naive in rows else float("nan")
+            label = server + (" (JSON body)" if server == naive and per_request > 1 else "")
+            print(
+                f"| {load} | {label} | {r['rps']:,.0f} | {r['rps'] * per_request:,.0f} | {r['p50']:.2f} | "
+                f"{r['p99']:.2f} | {r['errors']} | {vs_ceiling:.2f} | {vs_naive:,.1f} |"
+            )
+    print("\n| server | start to ready s | RSS MB (after the loads) |\n|---|---:|---:|")
+    for server, (ready, rss) in startup.items():
+        print(f"| {server} | {ready:.1f} | {rss:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The batcher's behaviour (not its speed): right caller, order, splitting, error isolation, back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from app.batching import BatchConfig, Batcher
+from app.errors import ApiError
+
+pytestmark = pytest.mark.anyio
+
+
+class Model:
+    """Sums each image; an image holding -1 makes the whole call fail (a poisoned input)."""
+
+    def __init__(self, gate: threading.Event | None = None):
+        self.calls: list[int] = []
+        self.threads: set[int] = set()
+        self.gate = gate
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        if self.gate is not None:
+            self.gate.wait(5)
+        self.calls.append(len(images))
+        self.threads.add(threading.get_ident())
+        if (images == -1).any():
+            raise ValueError("poisoned input")
+        return {"sums": images.reshape(len(images), -1).sum(axis=1), "first": images[:, 0, 0].copy()}
+
+
+def images(*values: float) -> np.ndarray:
+    return np.stack([np.full((28, 28), v, np.float32) for v in values])
+
+
+async def test_each_caller_gets_its_own_results_in_order():
+    model = Model()
+    batcher = Batcher(model, BatchConfig(max_batch=64, max_delay_us=2000))
+    requests = [images(*(10 * i + j for j in range(i % 3 + 1))) for i in range(20)]
+    results = await asyncio.gather(*(batcher.predict(r) for r in requests))
+    for request, result in zip(requests, results, strict=True):
+        np.testing.assert_array_equal(result["first"], request[:, 0, 0])
+        np.testing.assert_allclose(result["sums"], request.reshape(len(request), -1).sum(axis=1))
+    assert len(model.calls) < len(requests)  # requests that arrived together shared calls
+    assert sum(model.calls) == sum(len(r) for r in requests)
+
+
+async def test_large_requests_are_split_and_reassembled():
+    model = Model()
+    batcher = Batcher(model, BatchConfig(max_batch=4, max_delay_us=0))
+    request = images(*range(10))
+    result = await batcher.predict(request)
+    np.testing.assert_array_equal(result["first"], np.arange(10, dtype=np.float32))
+    assert max(model.calls) <= 4 and sum(model.calls) == 10
+
+
+async def test_errors_stay_with_their_own_request():
+    model = Model()
+    batcher = Batcher(model, BatchConfig(max_batch=64, max_delay_us=5000))
+    good_a, bad, good_b = images(1, 2), images(3, -1), images(4)
+    results = await asyncio.gather(
+        batcher.predict(good_a), batcher.predict(bad), batcher.predict(good_b), return_exceptions=True
+    )
+    assert isinstance(results[1], ValueError)
+    np.testing.assert_array_equal(results[0]["first"], [1, 2])
+    np.testing.assert_array_equal(results[2]["first"], [4])
+    assert model.calls[0] == 5  # first tried together, then one by one
+    # and the batcher keeps serving
+    np.testing.assert_array_equal((await batcher.predict(images(7)))["first"], [7])
+
+
+async def test_full_queue_answers_503_at_once():
+    gate = threading.Event()
+    model = Model(gate)
+    batcher = Batcher(model, BatchConfig(max_batch=2, max_delay_us=0, max_queue_images=4))
+    running = asyncio.ensure_future(batcher.predict(images(1, 2)))  # taken by the worker, blocks on the gate
+    await asyncio.sleep(0.05)
+    waiting = [asyncio.ensure_future(batcher.predict(images(i, i))) for i in (3, 4)]
+    await asyncio.sleep(0.01)
+    assert batcher.queued_images == 4
+    with pytest.raises(ApiError) as info:
+        await batcher.predict(images(9))
+    assert info.value.status == 503 and info.value.headers == {"Retry-After": "1"}
+    gate.set()
+    done = await asyncio.gather(running, *waiting)
+    assert [list(d["first"]) for d in done] == [[1, 2], [3, 3], [4, 4]]
+    assert batcher.queued_images == 0
+
+
+async def test_model_runs_off_the_event_loop():
+    model = Model()
+    batcher = Batcher(model, BatchConfig(max_delay_us=0))
+    await batcher.predict(images(1))
+    assert threading.get_ident() not in model.threads
+
+
+async def test_batch_callback_sees_sizes_and_queue_delays():
+    seen = []
+    batcher = Batcher(Model(), BatchConfig(max_batch=8, max_delay_us=1000), on_batch=lambda n, d: seen.append((n, d)))
+    await asyncio.gather(*(batcher.predict(images(i)) for i in range(5)))
+    assert sum(n for n, _ in seen) == 5 and all(d >= 0 for _, d in seen)
+
+
+async def test_abandoned_request_does_not_break_the_batch():
+    gate = threading.Event()
+    batcher = Batcher(Model(gate), BatchConfig(max_batch=8, max_delay_us=0))
+    first = asyncio.ensure_future(batcher.predict(images(1)))
+    await asyncio.sleep(0.02)
+    abandoned = asyncio.ensure_future(batcher.predict(images(2)))
+    kept = asyncio.ensure_future(batcher.predict(images(3)))
+    await asyncio.sleep(0.01)
+    abandoned.cancel()
+    gate.set()
+    assert list((await kept)["first"]) == [3]
+    assert list((await first)["first"]) == [1]
