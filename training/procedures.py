@@ -62,6 +62,10 @@ def rounded_accuracy(y_true, y_pred):
     return keras.metrics.binary_accuracy(keras.ops.round(y_true), keras.ops.round(y_pred))
 
 
+# Binary cross-entropy with the "rounded accuracy" metric: how the Fashion-MNIST recipes train.
+BCE = {"loss": "binary_crossentropy", "metrics": [rounded_accuracy]}
+
+
 def fit(model, x, y, val, cfg: dict, ctx: Context, phase: str, loss="mse", metrics=None) -> dict:
     """Compile and fit one phase, printing its wall time; returns the Keras history.
 
@@ -183,23 +187,21 @@ def train_denoising_mnist(data: Dataset, cfg: dict, ctx: Context) -> Trained:
     return Trained(recipes.serving_model(variants[best], "denoiser"), histories, notes=notes)
 
 
-def train_stacked_fashion(data: Dataset, cfg: dict, ctx: Context) -> Trained:
+def _train_fashion_autoencoder(build, data: Dataset, cfg: dict, ctx: Context) -> tuple[Trained, keras.Model]:
     x, xv = data.train.pixels(), data.val.pixels()
-    model = recipes.stacked_fashion()
-    history = fit(
-        model, x, x, (xv, xv), cfg, ctx, "autoencoder", loss="binary_crossentropy", metrics=[rounded_accuracy]
-    )
-    ctx.trained["fashion-mnist-stacked"] = model
-    return Trained(recipes.serving_model(model, "autoencoder"), {"autoencoder": history})
+    model = build()
+    history = fit(model, x, x, (xv, xv), cfg, ctx, "autoencoder", **BCE)
+    return Trained(recipes.serving_model(model, "autoencoder"), {"autoencoder": history}), model
+
+
+def train_stacked_fashion(data: Dataset, cfg: dict, ctx: Context) -> Trained:
+    trained, model = _train_fashion_autoencoder(recipes.stacked_fashion, data, cfg, ctx)
+    ctx.trained["fashion-mnist-stacked"] = model  # the Fashion classifier reuses its encoder
+    return trained
 
 
 def train_tied_fashion(data: Dataset, cfg: dict, ctx: Context) -> Trained:
-    x, xv = data.train.pixels(), data.val.pixels()
-    model = recipes.tied_fashion()
-    history = fit(
-        model, x, x, (xv, xv), cfg, ctx, "autoencoder", loss="binary_crossentropy", metrics=[rounded_accuracy]
-    )
-    return Trained(recipes.serving_model(model, "autoencoder"), {"autoencoder": history})
+    return _train_fashion_autoencoder(recipes.tied_fashion, data, cfg, ctx)[0]
 
 
 def train_layerwise_fashion(data: Dataset, cfg: dict, ctx: Context) -> Trained:
@@ -214,8 +216,7 @@ def train_layerwise_fashion(data: Dataset, cfg: dict, ctx: Context) -> Trained:
         cfg["phase1"],
         ctx,
         "phase 1 (784-100-784)",
-        loss="binary_crossentropy",
-        metrics=[rounded_accuracy],
+        **BCE,
     )
     encode_1 = phase1.get_layer("encoder")
     codes, codes_val = encode_1.predict(x, verbose=0, batch_size=1000), encode_1.predict(xv, verbose=0, batch_size=1000)
@@ -223,7 +224,7 @@ def train_layerwise_fashion(data: Dataset, cfg: dict, ctx: Context) -> Trained:
     h2 = fit(phase2, codes, codes, (codes_val, codes_val), cfg["phase2"], ctx, "phase 2 (100-30-100)")
     stacked = recipes.layerwise_stack(phase1, phase2)
     history = {"phase1": h1, "phase2": h2}
-    stacked.compile(loss="binary_crossentropy", metrics=[rounded_accuracy])
+    stacked.compile(**BCE)
     history["stacked_before_finetune"] = {
         k: [float(v)] for k, v in stacked.evaluate(xv, xv, verbose=0, return_dict=True).items()
     }
@@ -236,8 +237,7 @@ def train_layerwise_fashion(data: Dataset, cfg: dict, ctx: Context) -> Trained:
             cfg["finetune"],
             ctx,
             "phase 3 (fine-tune the stack)",
-            loss="binary_crossentropy",
-            metrics=[rounded_accuracy],
+            **BCE,
         )
     return Trained(recipes.serving_model(stacked, "autoencoder"), history)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import numpy as np
@@ -80,33 +81,43 @@ def _docs(model, *extra: str) -> dict:
     }
 
 
-async def _run(
-    request: Request,
-    endpoint: str,
-    registry: Registry,
-    limits: Limits,
-    dataset: str | None,
-    name: str | None,
-    preprocess: str,
-    offered: tuple[str, ...] = (JSON,),
-) -> tuple[ServedModel, str, np.ndarray]:
-    """Negotiate, resolve the model, decode the body: every cheap check before the model runs."""
-    media = negotiate(request.headers.get("accept"), offered)
-    model = registry.resolve(endpoint, dataset, name)
-    images = await read_images(request, limits, preprocess=preprocess == "mnist")
-    return model, media, images
+@dataclass
+class Call:
+    """One inference request and its query parameters, as every endpoint receives it."""
+
+    request: Request
+    registry: Registry
+    limits: Limits
+    dataset: str | None
+    model: str | None
+    preprocess: str
+
+    async def prepare(self, endpoint: str, offered: tuple[str, ...] = (JSON,)) -> tuple[ServedModel, str, np.ndarray]:
+        """Negotiate, resolve the model, decode the body: every cheap check before the model runs."""
+        media = negotiate(self.request.headers.get("accept"), offered)
+        model = self.registry.resolve(endpoint, self.dataset, self.model)
+        images = await read_images(self.request, self.limits, preprocess=self.preprocess == "mnist")
+        return model, media, images
 
 
-@router.post("/encode", summary="Images to latent codes", **_docs(EncodeResponse, NPY))
-async def encode(
+async def inference_call(
     request: Request,
     registry: Annotated[Registry, Depends(get_registry)],
     limits: Annotated[Limits, Depends(get_limits)],
     dataset: Dataset = None,
     model: ModelName = None,
     preprocess: Preprocess = "mnist",
-) -> Response:
-    served, media, images = await _run(request, "encode", registry, limits, dataset, model, preprocess, (JSON, NPY))
+) -> Call:
+    """The shared dependency of the five endpoints: their common query parameters and services."""
+    return Call(request, registry, limits, dataset, model, preprocess)
+
+
+InferenceCall = Annotated[Call, Depends(inference_call)]
+
+
+@router.post("/encode", summary="Images to latent codes", **_docs(EncodeResponse, NPY))
+async def encode(call: InferenceCall) -> Response:
+    served, media, images = await call.prepare("encode", (JSON, NPY))
     codes = (await served.run(images))["codes"]
     if media == NPY:
         return npy_response(codes, served)
@@ -115,17 +126,8 @@ async def encode(
 
 
 @router.post("/reconstruct", summary="Images to reconstructions, with errors", **_docs(ReconstructResponse, NPY, PNG))
-async def reconstruct(
-    request: Request,
-    registry: Annotated[Registry, Depends(get_registry)],
-    limits: Annotated[Limits, Depends(get_limits)],
-    dataset: Dataset = None,
-    model: ModelName = None,
-    preprocess: Preprocess = "mnist",
-) -> Response:
-    served, media, images = await _run(
-        request, "reconstruct", registry, limits, dataset, model, preprocess, (JSON, NPY, PNG)
-    )
+async def reconstruct(call: InferenceCall) -> Response:
+    served, media, images = await call.prepare("reconstruct", (JSON, NPY, PNG))
     reconstruction = (await served.run(images))["reconstruction"]
     if media == NPY:
         return npy_response(reconstruction, served)
@@ -144,20 +146,13 @@ async def reconstruct(
 
 @router.post("/denoise", summary="Noisy images to clean ones", **_docs(DenoiseResponse, NPY, PNG))
 async def denoise(
-    request: Request,
-    registry: Annotated[Registry, Depends(get_registry)],
-    limits: Annotated[Limits, Depends(get_limits)],
-    dataset: Dataset = None,
-    model: ModelName = None,
-    preprocess: Preprocess = "mnist",
+    call: InferenceCall,
     noise_std: Annotated[
         float | None, Query(ge=0, le=2, description="add Gaussian noise of this std first (clipped to 0..1)")
     ] = None,
     seed: Annotated[int | None, Query(ge=0, le=2**32 - 1, description="seed of that noise")] = None,
 ) -> Response:
-    served, media, images = await _run(
-        request, "denoise", registry, limits, dataset, model, preprocess, (JSON, NPY, PNG)
-    )
+    served, media, images = await call.prepare("denoise", (JSON, NPY, PNG))
     noisy = None
     if noise_std is not None:
         rng = np.random.default_rng(seed)
@@ -175,15 +170,8 @@ async def denoise(
 
 
 @router.post("/classify", summary="Images to classes", **_docs(ClassifyResponse))
-async def classify(
-    request: Request,
-    registry: Annotated[Registry, Depends(get_registry)],
-    limits: Annotated[Limits, Depends(get_limits)],
-    dataset: Dataset = None,
-    model: ModelName = None,
-    preprocess: Preprocess = "mnist",
-) -> Response:
-    served, _, images = await _run(request, "classify", registry, limits, dataset, model, preprocess)
+async def classify(call: InferenceCall) -> Response:
+    served, _, images = await call.prepare("classify")
     probabilities = (await served.run(images))["probabilities"]
     labels = probabilities.argmax(axis=1)
     names = served.class_names
@@ -195,15 +183,8 @@ async def classify(
 
 
 @router.post("/cluster", summary="Images to clusters", **_docs(ClusterResponse))
-async def cluster(
-    request: Request,
-    registry: Annotated[Registry, Depends(get_registry)],
-    limits: Annotated[Limits, Depends(get_limits)],
-    dataset: Dataset = None,
-    model: ModelName = None,
-    preprocess: Preprocess = "mnist",
-) -> Response:
-    served, _, images = await _run(request, "cluster", registry, limits, dataset, model, preprocess)
+async def cluster(call: InferenceCall) -> Response:
+    served, _, images = await call.prepare("cluster")
     outputs = await served.run(images)
     hints = served.label_hints
     assignments = [
