@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 
+import anyio
+import httpx
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import ready_app
-from fastapi.testclient import TestClient
 
 from training import zoo
 from training.datasets import Dataset, load_dataset
@@ -76,10 +77,16 @@ def test_train_export_load_round_trip(name, slices, tmp_path):
     # the service serves the freshly exported model, with the same numbers
     app = ready_app(models_dir=tmp_path)
     assert app.state.registry.ready, app.state.registry.not_ready_reason()
-    with TestClient(app) as http:
+    codes = anyio.run(serve_every_endpoint, app, spec, images[:4])
+    np.testing.assert_allclose(codes, after["codes"][:4], rtol=1e-5, atol=1e-5)
+
+
+async def serve_every_endpoint(app, spec, images: np.ndarray) -> np.ndarray:
+    """Post ``images`` to every endpoint the model serves; return its codes from /encode."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
         for endpoint in spec.endpoints:
-            response = http.post(f"/{endpoint}", params={"model": name}, json={"images": images[:4].tolist()})
+            response = await http.post(f"/{endpoint}", params={"model": spec.name}, json={"images": images.tolist()})
             assert response.status_code == 200, response.text
-            assert response.json()["model"] == name and response.json()["version"] == 3
-        codes = http.post("/encode", params={"model": name}, json={"images": images[:4].tolist()}).json()["codes"]
-        np.testing.assert_allclose(codes, after["codes"][:4], rtol=1e-5, atol=1e-5)
+            assert response.json()["model"] == spec.name and response.json()["version"] == 3
+        encoded = await http.post("/encode", params={"model": spec.name}, json={"images": images.tolist()})
+        return np.array(encoded.json()["codes"], np.float32)
