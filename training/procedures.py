@@ -74,7 +74,10 @@ def fit(model, x, y, val, cfg: dict, ctx: Context, phase: str, loss="mse", metri
     model.compile(optimizer=optimizer(cfg["optimizer"], cfg["lr"]), loss=loss, metrics=metrics or [])
     epochs = ctx.epochs(cfg["epochs"])
     print(f"  {phase}: {cfg['optimizer']} lr {cfg['lr']}, batch {cfg['batch_size']}, {epochs} epochs", flush=True)
-    batching = {} if isinstance(x, tf.data.Dataset) else {"batch_size": cfg["batch_size"], "shuffle": True}
+    # a tf.data pipeline shuffles itself (and Keras ignores shuffle for it)
+    batching = (
+        {"shuffle": False} if isinstance(x, tf.data.Dataset) else {"batch_size": cfg["batch_size"], "shuffle": True}
+    )
     # Large-step SGD oscillates from epoch to epoch: every phase ends on the weights of its
     # epoch with the lowest validation loss (patience = all epochs, so it never stops early).
     keep_best = keras.callbacks.EarlyStopping("val_loss", patience=epochs, restore_best_weights=True)
