@@ -152,6 +152,10 @@ class Registry:
         state.status = "loading"
         try:
             manifest = verify_files(state.folder)
+            if "reconstruct" in manifest.get("endpoints", []) and "threshold" not in manifest.get(
+                "in_distribution", {}
+            ):
+                raise ModelLoadError("serves /reconstruct but its manifest has no in_distribution threshold")
             if manifest.get("name") != state.name or int(manifest.get("version", -1)) != state.version:
                 raise ModelLoadError(
                     f"manifest names {manifest.get('name')}/{manifest.get('version')}, folder is "

@@ -211,6 +211,20 @@ async def test_corrupt_model_is_reported_not_skipped(tmp_path):
         assert other.status_code == 200
 
 
+async def test_manifest_without_threshold_is_refused(tmp_path):
+    import json
+    import shutil
+
+    shutil.copytree(MODELS_DIR / "mnist-stacked", tmp_path / "mnist-stacked")
+    manifest_path = tmp_path / "mnist-stacked" / "1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["in_distribution"]
+    manifest_path.write_text(json.dumps(manifest))
+    app = ready_app(models_dir=tmp_path)
+    state = app.state.registry.states[("mnist-stacked", 1)]
+    assert state.status == "failed" and "in_distribution" in state.reason
+
+
 async def test_missing_models_dir_is_reported(tmp_path):
     app = ready_app(models_dir=tmp_path / "absent")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
