@@ -21,8 +21,10 @@ class Model:
         self.calls: list[int] = []
         self.threads: set[int] = set()
         self.gate = gate
+        self.entered = threading.Event()
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        self.entered.set()
         if self.gate is not None:
             self.gate.wait(5)
         self.calls.append(len(images))
@@ -30,6 +32,14 @@ class Model:
         if (images == -1).any():
             raise ValueError("poisoned input")
         return {"sums": images.reshape(len(images), -1).sum(axis=1), "first": images[:, 0, 0].copy()}
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    """Yield to the event loop until ``condition()`` holds (the batcher's worker has moved on)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.001)
 
 
 def images(*values: float) -> np.ndarray:
@@ -77,10 +87,9 @@ async def test_full_queue_answers_503_at_once():
     model = Model(gate)
     batcher = Batcher(model, BatchConfig(max_batch=2, max_delay_us=0, max_queue_images=4))
     running = asyncio.ensure_future(batcher.predict(images(1, 2)))  # taken by the worker, blocks on the gate
-    await asyncio.sleep(0.05)
+    await until(model.entered.is_set)
     waiting = [asyncio.ensure_future(batcher.predict(images(i, i))) for i in (3, 4)]
-    await asyncio.sleep(0.01)
-    assert batcher.queued_images == 4
+    await until(lambda: batcher.queued_images == 4)
     with pytest.raises(ApiError) as info:
         await batcher.predict(images(9))
     assert info.value.status == 503 and info.value.headers == {"Retry-After": "1"}
@@ -106,12 +115,13 @@ async def test_batch_callback_sees_sizes_and_queue_delays():
 
 async def test_abandoned_request_does_not_break_the_batch():
     gate = threading.Event()
-    batcher = Batcher(Model(gate), BatchConfig(max_batch=8, max_delay_us=0))
+    model = Model(gate)
+    batcher = Batcher(model, BatchConfig(max_batch=8, max_delay_us=0))
     first = asyncio.ensure_future(batcher.predict(images(1)))
-    await asyncio.sleep(0.02)
+    await until(model.entered.is_set)
     abandoned = asyncio.ensure_future(batcher.predict(images(2)))
     kept = asyncio.ensure_future(batcher.predict(images(3)))
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.queued_images == 2)
     abandoned.cancel()
     gate.set()
     assert list((await kept)["first"]) == [3]
