@@ -11,19 +11,18 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from scripts import local_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = {
@@ -65,47 +64,6 @@ def bodies(folder: Path) -> dict[str, tuple[str, str, Path, int]]:
         "npy /encode, 1024 images": ("/encode", "application/x-npy", npy, 1024),
         "JSON /encode, 1024 images (naive app's form)": ("/encode", "application/json", batch_json, 1024),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(target: str, env: dict[str, str]) -> tuple[subprocess.Popen, str, float]:
-    port = free_port()
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            target,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=os.environ | env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    while time.perf_counter() - started < 120:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return process, base, time.perf_counter() - started
-        except httpx.TransportError:
-            time.sleep(0.05)
-    process.kill()
-    raise SystemExit(f"{target} did not become ready in 120 s")
 
 
 def rss_mb(pid: int) -> float:
@@ -174,7 +132,10 @@ def main() -> None:
     for server, target in SERVERS.items():
         if args.only and server not in args.only:
             continue
-        process, base, ready = start(target, service_env if target == "app.main:app" else {})
+        env = service_env if target == "app.main:app" else {}
+        process, base, ready = local_server.start(
+            target, "--workers", "1", "--no-access-log", "--log-level", "warning", env=env
+        )
         try:
             for load, (path, content_type, body, _) in loads.items():
                 if ("naive" in server) != ("naive app's form" in load) and "1024" in load:
@@ -187,8 +148,7 @@ def main() -> None:
                 print(f"{server:24} {load:46} {results[load][server]}", file=sys.stderr, flush=True)
             startup[server] = (ready, rss_mb(process.pid))
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            local_server.stop(process)
     print_table(results, startup, loads, args)
 
 

@@ -11,16 +11,15 @@ from __future__ import annotations
 import io
 import json
 import re
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from scripts import local_server
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -43,7 +42,6 @@ def draw_digit(digit: int, seed: int) -> Image.Image:
 
 def write_inputs() -> None:
     """examples/seven.png, examples/zero.png, examples/digits.npy (uint8 3x28x28), examples/digit.json."""
-    sys.path.insert(0, str(ROOT))
     from app.imaging import mnist_style
 
     EXAMPLES.mkdir(exist_ok=True)
@@ -73,45 +71,93 @@ def shorten(value, width: int = 4):
 
 EXAMPLE_RUNS = [
     # (title, curl arguments after the URL, endpoint + query, httpx kwargs builder, accept)
-    ("Classify a photo of a drawn digit (multipart)", "-F file=@examples/seven.png", "/classify",
-     lambda: {"files": [("file", ("seven.png", (EXAMPLES / "seven.png").read_bytes(), "image/png"))]}),
-    ("Classify two files at once, the model named (multipart)",
-     "-F file=@examples/seven.png -F file=@examples/zero.png", "/classify?model=mnist-pretrained-classifier",
-     lambda: {"files": [("file", ("seven.png", (EXAMPLES / "seven.png").read_bytes(), "image/png")),
-                        ("file", ("zero.png", (EXAMPLES / "zero.png").read_bytes(), "image/png"))]}),
-    ("Encode a JSON image (flat 784 values, 0..255)",
-     "-H 'Content-Type: application/json' -d @examples/digit.json", "/encode",
-     lambda: {"content": (EXAMPLES / "digit.json").read_bytes(), "headers": {"content-type": "application/json"}}),
-    ("Encode an npy batch (uint8, 3x28x28) with a named model",
-     "-H 'Content-Type: application/x-npy' --data-binary @examples/digits.npy", "/encode?model=mnist-kmeans",
-     lambda: {"content": (EXAMPLES / "digits.npy").read_bytes(), "headers": {"content-type": "application/x-npy"}}),
-    ("Reconstruct, with per-image error and the in-distribution flag (npy in)",
-     "-H 'Content-Type: application/x-npy' --data-binary @examples/digits.npy", "/reconstruct",
-     lambda: {"content": (EXAMPLES / "digits.npy").read_bytes(), "headers": {"content-type": "application/x-npy"}}),
-    ("Reconstruct as .npy (Accept)",
-     "-H 'Content-Type: application/x-npy' -H 'Accept: application/x-npy' --data-binary @examples/digits.npy "
-     "-o reconstruction.npy", "/reconstruct",
-     lambda: {"content": (EXAMPLES / "digits.npy").read_bytes(),
-              "headers": {"content-type": "application/x-npy", "accept": "application/x-npy"}}),
-    ("Denoise with server-side noise (std 0.6, seed 1), JSON in",
-     "-H 'Content-Type: application/json' -d @examples/digit.json", "/denoise?noise_std=0.6&seed=1",
-     lambda: {"content": (EXAMPLES / "digit.json").read_bytes(), "headers": {"content-type": "application/json"}}),
-    ("Denoise to a PNG grid (Accept: image/png)",
-     "-F file=@examples/seven.png -F file=@examples/zero.png -H 'Accept: image/png' -o denoised.png",
-     "/denoise?noise_std=0.5&seed=2",
-     lambda: {"files": [("file", ("seven.png", (EXAMPLES / "seven.png").read_bytes(), "image/png")),
-                        ("file", ("zero.png", (EXAMPLES / "zero.png").read_bytes(), "image/png"))],
-              "headers": {"accept": "image/png"}}),
-    ("Cluster (multipart)", "-F file=@examples/zero.png", "/cluster",
-     lambda: {"files": [("file", ("zero.png", (EXAMPLES / "zero.png").read_bytes(), "image/png"))]}),
-    ("Classify with the Fashion-MNIST default model (npy in; digits are not clothes, this shows the class names)",
-     "-H 'Content-Type: application/x-npy' --data-binary @examples/digits.npy", "/classify?dataset=fashion-mnist",
-     lambda: {"content": (EXAMPLES / "digits.npy").read_bytes(), "headers": {"content-type": "application/x-npy"}}),
-    ("An error: an image of the wrong shape",
-     "-H 'Content-Type: application/json' -d '{\"images\": [[2.0]]}'", "/encode",
-     lambda: {"json": {"images": [[2.0]]}}),
-    ("An error: an unknown model", "-F file=@examples/seven.png", "/classify?model=mnist-unknown",
-     lambda: {"files": [("file", ("seven.png", (EXAMPLES / "seven.png").read_bytes(), "image/png"))]}),
+    (
+        "Classify a photo of a drawn digit (multipart)",
+        "-F file=@examples/seven.png",
+        "/classify",
+        lambda: {"files": [("file", ("seven.png", (EXAMPLES / "seven.png").read_bytes(), "image/png"))]},
+    ),
+    (
+        "Classify two files at once, the model named (multipart)",
+        "-F file=@examples/seven.png -F file=@examples/zero.png",
+        "/classify?model=mnist-pretrained-classifier",
+        lambda: {
+            "files": [
+                ("file", ("seven.png", (EXAMPLES / "seven.png").read_bytes(), "image/png")),
+                ("file", ("zero.png", (EXAMPLES / "zero.png").read_bytes(), "image/png")),
+            ]
+        },
+    ),
+    (
+        "Encode a JSON image (flat 784 values, 0..255)",
+        "-H 'Content-Type: application/json' -d @examples/digit.json",
+        "/encode",
+        lambda: {"content": (EXAMPLES / "digit.json").read_bytes(), "headers": {"content-type": "application/json"}},
+    ),
+    (
+        "Encode an npy batch (uint8, 3x28x28) with a named model",
+        "-H 'Content-Type: application/x-npy' --data-binary @examples/digits.npy",
+        "/encode?model=mnist-kmeans",
+        lambda: {"content": (EXAMPLES / "digits.npy").read_bytes(), "headers": {"content-type": "application/x-npy"}},
+    ),
+    (
+        "Reconstruct, with per-image error and the in-distribution flag (npy in)",
+        "-H 'Content-Type: application/x-npy' --data-binary @examples/digits.npy",
+        "/reconstruct",
+        lambda: {"content": (EXAMPLES / "digits.npy").read_bytes(), "headers": {"content-type": "application/x-npy"}},
+    ),
+    (
+        "Reconstruct as .npy (Accept)",
+        "-H 'Content-Type: application/x-npy' -H 'Accept: application/x-npy' --data-binary @examples/digits.npy "
+        "-o reconstruction.npy",
+        "/reconstruct",
+        lambda: {
+            "content": (EXAMPLES / "digits.npy").read_bytes(),
+            "headers": {"content-type": "application/x-npy", "accept": "application/x-npy"},
+        },
+    ),
+    (
+        "Denoise with server-side noise (std 0.6, seed 1), JSON in",
+        "-H 'Content-Type: application/json' -d @examples/digit.json",
+        "/denoise?noise_std=0.6&seed=1",
+        lambda: {"content": (EXAMPLES / "digit.json").read_bytes(), "headers": {"content-type": "application/json"}},
+    ),
+    (
+        "Denoise to a PNG grid (Accept: image/png)",
+        "-F file=@examples/seven.png -F file=@examples/zero.png -H 'Accept: image/png' -o denoised.png",
+        "/denoise?noise_std=0.5&seed=2",
+        lambda: {
+            "files": [
+                ("file", ("seven.png", (EXAMPLES / "seven.png").read_bytes(), "image/png")),
+                ("file", ("zero.png", (EXAMPLES / "zero.png").read_bytes(), "image/png")),
+            ],
+            "headers": {"accept": "image/png"},
+        },
+    ),
+    (
+        "Cluster (multipart)",
+        "-F file=@examples/zero.png",
+        "/cluster",
+        lambda: {"files": [("file", ("zero.png", (EXAMPLES / "zero.png").read_bytes(), "image/png"))]},
+    ),
+    (
+        "Classify with the Fashion-MNIST default model (npy in; digits are not clothes, this shows the class names)",
+        "-H 'Content-Type: application/x-npy' --data-binary @examples/digits.npy",
+        "/classify?dataset=fashion-mnist",
+        lambda: {"content": (EXAMPLES / "digits.npy").read_bytes(), "headers": {"content-type": "application/x-npy"}},
+    ),
+    (
+        "An error: an image of the wrong shape",
+        "-H 'Content-Type: application/json' -d '{\"images\": [[2.0]]}'",
+        "/encode",
+        lambda: {"json": {"images": [[2.0]]}},
+    ),
+    (
+        "An error: an unknown model",
+        "-F file=@examples/seven.png",
+        "/classify?model=mnist-unknown",
+        lambda: {"files": [("file", ("seven.png", (EXAMPLES / "seven.png").read_bytes(), "image/png"))]},
+    ),
 ]
 
 
@@ -130,47 +176,35 @@ def describe(response: httpx.Response) -> str:
     return head + f"\n(PNG: {image.size[0]}x{image.size[1]} {image.mode})"
 
 
-def start_server() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return process, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    process.kill()
-    raise SystemExit("the service did not become ready")
-
-
 def main() -> None:
     write_inputs()
-    process, base = start_server()
+    process, base, _ = local_server.start()
     sections = []
     try:
         with httpx.Client(base_url=base, timeout=30) as http:
             for title, curl, path, kwargs in EXAMPLE_RUNS:
                 response = http.post(path, **kwargs())
-                sections.append(f"**{title}**\n\n```sh\ncurl -s {curl} 'localhost:8000{path}'\n```\n```\n"
-                                f"{describe(response)}\n```\n")
+                sections.append(
+                    f"**{title}**\n\n```sh\ncurl -s {curl} 'localhost:8000{path}'\n```\n```\n"
+                    f"{describe(response)}\n```\n"
+                )
             listing = http.get("/models").json()
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-    defaults = "\n".join(f"| {d} | " + " | ".join(listing["defaults"][d].get(e, "none") for e in
-                                                  ("encode", "reconstruct", "denoise", "classify", "cluster")) + " |"
-                         for d in listing["defaults"])
-    text = ("Generated by `make examples` (scripts/api_examples.py) against a running service; long lists are cut "
-            "to their first items.\n\nDefault model per endpoint (the best test metric per dataset, from the "
-            "manifests):\n\n| dataset | /encode | /reconstruct | /denoise | /classify | /cluster |\n"
-            "|---|---|---|---|---|---|\n" + defaults + "\n\n" + "\n".join(sections))
+        local_server.stop(process)
+    defaults = "\n".join(
+        f"| {d} | "
+        + " | ".join(
+            listing["defaults"][d].get(e, "none") for e in ("encode", "reconstruct", "denoise", "classify", "cluster")
+        )
+        + " |"
+        for d in listing["defaults"]
+    )
+    text = (
+        "Generated by `make examples` (scripts/api_examples.py) against a running service; long lists are cut "
+        "to their first items.\n\nDefault model per endpoint (the best test metric per dataset, from the "
+        "manifests):\n\n| dataset | /encode | /reconstruct | /denoise | /classify | /cluster |\n"
+        "|---|---|---|---|---|---|\n" + defaults + "\n\n" + "\n".join(sections)
+    )
     readme = (ROOT / "README.md").read_text()
     pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
     (ROOT / "README.md").write_text(pattern.sub(lambda _: f"{START}\n{text}\n{END}", readme))

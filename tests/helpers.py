@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from scripts.api_examples import draw_digit
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -30,21 +32,8 @@ def as_json(images: np.ndarray, flat: bool = False) -> dict:
 
 
 def photo_of_digit(digit: int, seed: int = 0) -> bytes:
-    """A digit drawn dark on a light 300x200 background with noise, as a phone photo of paper might be."""
-    image = Image.new("L", (300, 200), 225)
-    draw = ImageDraw.Draw(image)
-    strokes = {
-        1: [[(150, 35), (150, 165)]],
-        7: [[(105, 45), (195, 45), (135, 165)]],
-        0: None,
-    }
-    if digit == 0:
-        draw.ellipse((105, 30, 195, 170), outline=25, width=14)
-    else:
-        for line in strokes[digit]:
-            draw.line(line, fill=25, width=14, joint="curve")
-    noisy = np.asarray(image, np.float64) + np.random.default_rng(seed).normal(0, 12, (200, 300))
-    return png_bytes(np.clip(noisy, 0, 255).astype(np.uint8))
+    """A digit (0, 1 or 7) drawn dark on a light 300x200 background with noise, as PNG bytes."""
+    return png_bytes(draw_digit(digit, seed))
 
 
 def multipart(*files: bytes, name: str = "file", kind: str = "image/png") -> dict:

@@ -1,0 +1,63 @@
+"""Start the service (or any ASGI app of this repository) on a free loopback port and wait until it is ready."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(
+    target: str = "app.main:app",
+    *uvicorn_args: str,
+    env: dict[str, str] | None = None,
+    log: IO | None = None,
+    timeout: float = 120.0,
+) -> tuple[subprocess.Popen, str, float]:
+    """Run ``uvicorn target`` and wait for ``GET /readyz`` to answer 200.
+
+    Returns the process, its base URL and the seconds from start to ready.
+    """
+    port = free_port()
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port), *uvicorn_args],
+        cwd=ROOT,
+        env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"} | (env or {}),
+        stdout=log or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    while time.perf_counter() - started < timeout:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return process, base, time.perf_counter() - started
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            raise RuntimeError(f"{target} exited with {process.returncode} before it was ready")
+        time.sleep(0.05)
+    process.kill()
+    raise TimeoutError(f"{target} not ready within {timeout:.0f} s")
+
+
+def stop(process: subprocess.Popen, timeout: float = 30.0) -> int:
+    """SIGTERM, then wait; returns the exit code."""
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=timeout)
