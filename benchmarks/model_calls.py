@@ -1,0 +1,50 @@
+"""The cost of one model call: every committed model's signature timed at a few batch sizes.
+
+Run with ``python benchmarks/model_calls.py``; prints µs per call and µs per image (median
+of the repeats), the part of a request the HTTP path cannot remove.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from app.registry import Registry
+from app.settings import DEFAULT_MODELS_DIR
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 64, 256])
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    registry = Registry(DEFAULT_MODELS_DIR, batching=None)
+    registry.load_all()
+    header = " | ".join(f"batch {n}: µs/call (µs/image)" for n in args.sizes)
+    print(f"| model | {header} |\n|---|" + "---:|" * len(args.sizes))
+    rng = np.random.default_rng(0)
+    for model in registry.latest_models():
+        cells = []
+        for size in args.sizes:
+            images = rng.random((size, 28, 28), dtype=np.float32)
+            model.predict(images)
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                model.predict(images)
+                times.append(time.perf_counter() - start)
+            per_call = statistics.median(times) * 1e6
+            cells.append(f"{per_call:,.0f} ({per_call / size:,.1f})")
+        print(f"| {model.name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
