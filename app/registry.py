@@ -48,6 +48,7 @@ class ServedModel:
     manifest: dict
     signature: Any
     batcher: Batcher | None = None
+    owner: Any = field(default=None, repr=False)  # the loaded SavedModel, which the signature needs alive
 
     @property
     def dataset(self) -> str:
@@ -81,6 +82,15 @@ class ServedModel:
         if self.batcher is not None:
             return await self.batcher.predict(images)
         return await run_in_threadpool(self.predict, images)
+
+
+def _rank(model: ServedModel, endpoint: str) -> tuple[float, str]:
+    """Sort key of the models serving ``endpoint``: best test metric first (missing last), then name."""
+    metric, higher_is_better = RANKING[endpoint]
+    value = model.manifest.get("metrics", {}).get("test", {}).get(metric)
+    if value is None:
+        return float("inf"), model.name
+    return (-value if higher_is_better else value), model.name
 
 
 @dataclass
@@ -166,8 +176,7 @@ class Registry:
                 signature = loaded.signatures["serving_default"]
             except Exception as exc:  # noqa: BLE001 - TensorFlow raises many types for a bad SavedModel
                 raise ModelLoadError(f"SavedModel does not load ({type(exc).__name__})") from None
-            model = ServedModel(state.name, state.version, manifest, signature)
-            model._keepalive = loaded  # the signature needs its object graph alive
+            model = ServedModel(state.name, state.version, manifest, signature, owner=loaded)
             if self.batching is not None:
                 model.batcher = Batcher(model.predict, self.batching, name=f"{state.name}-{state.version}")
             if self.warmup:
@@ -199,19 +208,11 @@ class Registry:
 
     def _choose_defaults(self) -> dict[str, dict[str, str]]:
         defaults: dict[str, dict[str, str]] = {d: {} for d in DATASETS}
-        for endpoint, (metric, higher) in RANKING.items():
+        for endpoint in RANKING:
             for dataset in DATASETS:
                 candidates = [m for m in self.latest_models() if m.dataset == dataset and endpoint in m.endpoints]
-                if not candidates:
-                    continue
-
-                def score(m: ServedModel, metric=metric, higher=higher) -> float:
-                    value = m.manifest.get("metrics", {}).get("test", {}).get(metric)
-                    if value is None:
-                        return float("inf")
-                    return -value if higher else value
-
-                defaults[dataset][endpoint] = min(candidates, key=lambda m: (score(m), m.name)).name
+                if candidates:
+                    defaults[dataset][endpoint] = min(candidates, key=lambda m, e=endpoint: _rank(m, e)).name
         return defaults
 
     def latest_models(self) -> list[ServedModel]:
