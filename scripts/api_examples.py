@@ -69,82 +69,85 @@ def shorten(value, width: int = 4):
     return value
 
 
+def uploads(*names: str, accept: str | None = None):
+    """httpx arguments for a multipart request of example files (read when the example runs)."""
+    return lambda: {
+        "files": [("file", (name, (EXAMPLES / name).read_bytes(), "image/png")) for name in names],
+        **({"headers": {"accept": accept}} if accept else {}),
+    }
+
+
+def body(name: str, content_type: str, accept: str | None = None):
+    """httpx arguments for a request whose body is one example file."""
+    headers = {"content-type": content_type} | ({"accept": accept} if accept else {})
+    return lambda: {"content": (EXAMPLES / name).read_bytes(), "headers": headers}
+
+
+JSON, NPY = "application/json", "application/x-npy"
+
+
 EXAMPLE_RUNS = [
-    # (title, curl arguments after the URL, endpoint + query, httpx kwargs builder, accept)
+    # (title, curl arguments before the URL, endpoint + query, httpx arguments builder)
     (
         "Classify a photo of a drawn digit (multipart)",
         "-F file=@examples/seven.png",
         "/classify",
-        lambda: {"files": [("file", ("seven.png", (EXAMPLES / "seven.png").read_bytes(), "image/png"))]},
+        uploads("seven.png"),
     ),
     (
         "Classify two files at once, the model named (multipart)",
         "-F file=@examples/seven.png -F file=@examples/zero.png",
         "/classify?model=mnist-pretrained-classifier",
-        lambda: {
-            "files": [
-                ("file", ("seven.png", (EXAMPLES / "seven.png").read_bytes(), "image/png")),
-                ("file", ("zero.png", (EXAMPLES / "zero.png").read_bytes(), "image/png")),
-            ]
-        },
+        uploads("seven.png", "zero.png"),
     ),
     (
         "Encode a JSON image (flat 784 values, 0..255)",
         "-H 'Content-Type: application/json' -d @examples/digit.json",
         "/encode",
-        lambda: {"content": (EXAMPLES / "digit.json").read_bytes(), "headers": {"content-type": "application/json"}},
+        body("digit.json", JSON),
     ),
     (
         "Encode an npy batch (uint8, 3x28x28) with a named model",
         "-H 'Content-Type: application/x-npy' --data-binary @examples/digits.npy",
         "/encode?model=mnist-kmeans",
-        lambda: {"content": (EXAMPLES / "digits.npy").read_bytes(), "headers": {"content-type": "application/x-npy"}},
+        body("digits.npy", NPY),
     ),
     (
         "Reconstruct, with per-image error and the in-distribution flag (npy in)",
         "-H 'Content-Type: application/x-npy' --data-binary @examples/digits.npy",
         "/reconstruct",
-        lambda: {"content": (EXAMPLES / "digits.npy").read_bytes(), "headers": {"content-type": "application/x-npy"}},
+        body("digits.npy", NPY),
     ),
     (
         "Reconstruct as .npy (Accept)",
         "-H 'Content-Type: application/x-npy' -H 'Accept: application/x-npy' --data-binary @examples/digits.npy "
         "-o reconstruction.npy",
         "/reconstruct",
-        lambda: {
-            "content": (EXAMPLES / "digits.npy").read_bytes(),
-            "headers": {"content-type": "application/x-npy", "accept": "application/x-npy"},
-        },
+        body("digits.npy", NPY, accept=NPY),
     ),
     (
         "Denoise with server-side noise (std 0.6, seed 1), JSON in",
         "-H 'Content-Type: application/json' -d @examples/digit.json",
         "/denoise?noise_std=0.6&seed=1",
-        lambda: {"content": (EXAMPLES / "digit.json").read_bytes(), "headers": {"content-type": "application/json"}},
+        body("digit.json", JSON),
     ),
     (
         "Denoise to a PNG grid (Accept: image/png)",
         "-F file=@examples/seven.png -F file=@examples/zero.png -H 'Accept: image/png' -o denoised.png",
         "/denoise?noise_std=0.5&seed=2",
-        lambda: {
-            "files": [
-                ("file", ("seven.png", (EXAMPLES / "seven.png").read_bytes(), "image/png")),
-                ("file", ("zero.png", (EXAMPLES / "zero.png").read_bytes(), "image/png")),
-            ],
-            "headers": {"accept": "image/png"},
-        },
+        uploads("seven.png", "zero.png", accept="image/png"),
     ),
     (
         "Cluster (multipart)",
         "-F file=@examples/zero.png",
         "/cluster",
-        lambda: {"files": [("file", ("zero.png", (EXAMPLES / "zero.png").read_bytes(), "image/png"))]},
+        uploads("zero.png"),
     ),
     (
         "Classify with the Fashion-MNIST default model (npy in; digits are not clothes, this shows the class names)",
         "-H 'Content-Type: application/x-npy' --data-binary @examples/digits.npy",
         "/classify?dataset=fashion-mnist",
-        lambda: {"content": (EXAMPLES / "digits.npy").read_bytes(), "headers": {"content-type": "application/x-npy"}},
+        body("digits.npy", NPY),
     ),
     (
         "An error: an image of the wrong shape",
@@ -156,7 +159,7 @@ EXAMPLE_RUNS = [
         "An error: an unknown model",
         "-F file=@examples/seven.png",
         "/classify?model=mnist-unknown",
-        lambda: {"files": [("file", ("seven.png", (EXAMPLES / "seven.png").read_bytes(), "image/png"))]},
+        uploads("seven.png"),
     ),
 ]
 
