@@ -12,9 +12,10 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 
-.PHONY: help serve test lint format train evaluate report examples bench clean
+.PHONY: help install serve test lint format train evaluate report examples bench clean
 
 help:
+	@echo "make install   create $(VENV) and install the runtime dependencies (the container image runs this too)"
 	@echo "make serve     serve the committed models on http://$(HOST):$(PORT)"
 	@echo "make test      lint and run the test suite (DATA_DIR=... or AESERVE_DATA_DIR for the datasets)"
 	@echo "make train     train, evaluate and export every recipe into models/"
@@ -34,7 +35,10 @@ $(DEV): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet -e ".[train,dev]"
 	touch $@
 
-serve: $(RUNTIME)
+# The one install path: `make serve`, the container image (Dockerfile) and tests/test_deploy.py all use it.
+install: $(RUNTIME)
+
+serve: install
 	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) $(if $(WORKERS),--workers $(WORKERS))
 
 test: $(DEV)

@@ -12,7 +12,7 @@ from app import __version__
 from app.errors import install_error_handlers
 from app.inputs import Limits
 from app.registry import Registry
-from app.routers import inference, operations
+from app.routers import inference, operations, page
 from app.settings import Settings
 
 DESCRIPTION = """Trained MNIST and Fashion-MNIST autoencoders over REST.
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(inference.router)
     app.include_router(operations.router)
+    page.install(app)
     return app
 
 
