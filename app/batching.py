@@ -2,9 +2,10 @@
 
 Like TF Serving's ``batch_timeout_micros`` and Triton's ``max_queue_delay_microseconds``:
 the first request of a batch waits at most ``max_delay_us`` for others; a batch holds at
-most ``max_batch`` images (larger requests are split); model calls run on the model's own
-thread, never on the event loop; the queue is bounded, and a request that would overflow
-it is answered 503 with ``Retry-After`` at once instead of waiting without end.
+most ``max_batch`` images (larger requests are split); model calls run on a model thread
+(one, shared by the batchers the registry makes), never on the event loop; the queue is
+bounded, and a request that would overflow it is answered 503 with ``Retry-After`` at once
+instead of waiting without end.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,7 @@ class Batcher:
         config: BatchConfig = BatchConfig(),
         name: str = "model",
         on_batch: Callable[[int, float], None] | None = None,
+        executor: Executor | None = None,
     ):
         self._predict = predict
         self.max_batch = config.max_batch
@@ -56,7 +58,8 @@ class Batcher:
         self._on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._queued_images = 0
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{name}")
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{name}")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -120,14 +123,25 @@ class Batcher:
             start = end
         return results
 
+    async def _gather(self) -> None:
+        """Let a batch grow until it is full, ``max_delay`` has passed since its oldest request arrived,
+        or a pass of the event loop brings no new request (none is on its way: waiting would only add latency)."""
+        if self.max_delay <= 0:
+            return
+        deadline = self._queue[0].queued_at + self.max_delay
+        while self._queued_images < self.max_batch and time.perf_counter() < deadline:
+            queued = len(self._queue)
+            await asyncio.sleep(0)
+            if len(self._queue) == queued:
+                return
+
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self._queued_images < self.max_batch and self.max_delay > 0:
-                await asyncio.sleep(self.max_delay)
+            await self._gather()
             batch = self._take()
             if not batch:
                 continue
@@ -147,4 +161,5 @@ class Batcher:
         """Stop the worker and the model thread."""
         if self._task is not None:
             self._task.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._own_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)

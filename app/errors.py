@@ -23,9 +23,14 @@ class ApiError(Exception):
         self.headers = headers
 
 
+def error_body(message: str) -> bytes:
+    """The one shape of every error body: ``{"error": message}``."""
+    return orjson.dumps({"error": message})
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    """The one shape of every error response."""
-    return Response(orjson.dumps({"error": message}), status, headers=headers, media_type="application/json")
+    """An error as a response of the FastAPI routes."""
+    return Response(error_body(message), status, headers=headers, media_type="application/json")
 
 
 def _validation_message(exc: RequestValidationError) -> str:

@@ -14,6 +14,8 @@ from app.errors import ApiError
 SIDE, BOX = 28, 20
 # Decoding a huge photo costs more than its MNIST-sized result needs: shrink first.
 WORKING_SIZE = 512
+# Formats whose orientation tag may be read only from the decoded file; others carry EXIF in image.info.
+EXIF_FORMATS = ("TIFF", "MPO", "WEBP")
 
 
 def _to_grey(image: Image.Image) -> np.ndarray:
@@ -47,7 +49,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             if max(width, height) > WORKING_SIZE:
                 image.draft("L", (WORKING_SIZE, WORKING_SIZE))
                 image.thumbnail((WORKING_SIZE, WORKING_SIZE))
-            image = ImageOps.exif_transpose(image)
+            if "exif" in image.info or image.format in EXIF_FORMATS:  # reading EXIF costs as much as decoding
+                image = ImageOps.exif_transpose(image)
             return _to_grey(image)
     except ApiError:
         raise
@@ -75,8 +78,9 @@ def mnist_style(grey: np.ndarray) -> np.ndarray:
     below a fifth of the strongest ink is treated as noise, and the crop box holds the
     pixels of at least half the strongest ink. A blank image stays blank.
     """
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    background = float(np.median(border))
+    border = np.sort(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]]))
+    middle = len(border) // 2
+    background = float(border[middle] if len(border) % 2 else (border[middle - 1] + border[middle]) / 2)
     ink = grey - background if background < 0.5 else background - grey
     peak = float(ink.max(initial=0.0))
     if peak < 0.05:

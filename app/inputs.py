@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
-from fastapi import Request
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartParser
 
 from app.errors import ApiError
 from app.imaging import decode_image, mnist_style, plain_28
@@ -24,23 +25,6 @@ class Limits:
     max_body_bytes: int
     max_batch: int
     max_image_pixels: int
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` (while streaming, not after)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise ApiError(400, "Content-Length is not a number")
-        if int(declared) > limit:
-            raise ApiError(413, f"request body is {declared} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body passes the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def check_batch(batch: np.ndarray, limits: Limits, scale: float = 1.0) -> np.ndarray:
@@ -133,11 +117,21 @@ def parse_npy(body: bytes, limits: Limits) -> np.ndarray:
     return check_batch(images, limits, 255.0 if dtype == np.uint8 else 1.0)
 
 
-async def parse_multipart(request: Request, body: bytes, limits: Limits, preprocess: bool) -> np.ndarray:
+async def parse_multipart(content_type: str, body: bytes, limits: Limits, preprocess: bool) -> np.ndarray:
     """Parts named ``file``, each an image → batch (MNIST-style preprocessing unless ``preprocess`` is off)."""
-    request._body = body  # starlette re-reads the already size-checked body from here
+
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    parser = MultiPartParser(
+        Headers({"content-type": content_type}),
+        stream(),
+        max_files=limits.max_batch + 1,
+        max_fields=16,
+        max_part_size=limits.max_body_bytes,
+    )
     try:
-        form = await request.form(max_files=limits.max_batch + 1, max_fields=16, max_part_size=limits.max_body_bytes)
+        form = await parser.parse()
     except Exception as exc:  # noqa: BLE001 - the multipart parser raises several unrelated types
         raise ApiError(400, f"malformed multipart body ({exc})") from None
     try:
@@ -155,19 +149,23 @@ async def parse_multipart(request: Request, body: bytes, limits: Limits, preproc
     return check_batch(np.stack(images), limits)
 
 
-async def read_images(request: Request, limits: Limits, preprocess: bool = True) -> np.ndarray:
-    """Decode any accepted request body into one ``float32 [N,28,28]`` batch in 0..1, or raise a 4xx."""
-    content_type = request.headers.get("content-type", "")
+def media_type(content_type: str) -> str:
+    """The accepted media type named by a ``Content-Type`` header, or a 415."""
     media = content_type.split(";", 1)[0].strip().lower()
     if not media:
         raise ApiError(415, "missing Content-Type; send " + ", ".join(MEDIA_TYPES))
     if media not in MEDIA_TYPES:
         raise ApiError(415, f"Content-Type {media} is not accepted; send " + ", ".join(MEDIA_TYPES))
-    body = await read_body(request, limits.max_body_bytes)
+    return media
+
+
+async def read_images(content_type: str, body: bytes, limits: Limits, preprocess: bool = True) -> np.ndarray:
+    """Decode any accepted request body into one ``float32 [N,28,28]`` batch in 0..1, or raise a 4xx."""
+    media = media_type(content_type)
     if not body:
         raise ApiError(400, "request body is empty")
     if media == "application/json":
         return parse_json(body, limits)
     if media == "application/x-npy":
         return parse_npy(body, limits)
-    return await parse_multipart(request, body, limits, preprocess)
+    return await parse_multipart(content_type, body, limits, preprocess)

@@ -7,12 +7,16 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from app import __version__
+from app.batching import BatchConfig
 from app.errors import install_error_handlers
+from app.inference import InferenceRoutes
 from app.inputs import Limits
 from app.registry import Registry
-from app.routers import inference, operations, page
+from app.routers import inference as declarations
+from app.routers import operations, page
 from app.settings import Settings
 
 DESCRIPTION = """Trained MNIST and Fashion-MNIST autoencoders over REST.
@@ -30,7 +34,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    registry = Registry(settings.models_dir, warmup=settings.warmup)
+    batching = (
+        BatchConfig(settings.batch_max_size, settings.batch_max_delay_us, settings.batch_max_queue_images)
+        if settings.batching
+        else None
+    )
+    registry = Registry(settings.models_dir, warmup=settings.warmup, batching=batching)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -43,8 +52,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.limits = Limits(settings.max_body_bytes, settings.max_batch, settings.max_image_pixels)
     install_error_handlers(app)
-    app.include_router(inference.router)
     app.include_router(operations.router)
+    app.add_middleware(InferenceRoutes, registry=registry, limits=app.state.limits)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            routes = [*declarations.router.routes, *app.routes]
+            app.openapi_schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=routes
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi
     page.install(app)
     return app
 

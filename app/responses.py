@@ -6,7 +6,6 @@ import io
 
 import numpy as np
 import orjson
-from fastapi.responses import Response
 
 from app.errors import ApiError
 from app.imaging import to_png
@@ -41,23 +40,18 @@ def negotiate(accept: str | None, offered: tuple[str, ...]) -> str:
     raise ApiError(406, f"cannot answer with {accept}; this endpoint offers " + ", ".join(offered))
 
 
-def headers_for(model) -> dict[str, str]:
-    return {"X-Model": model.name, "X-Model-Version": str(model.version)}
-
-
-def json_response(payload: dict, model) -> Response:
+def json_body(payload: dict) -> bytes:
     """A JSON body; numpy arrays inside ``payload`` are serialised without conversion to lists."""
-    body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Response(body, media_type=JSON, headers=headers_for(model))
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def npy_response(array: np.ndarray, model) -> Response:
+def npy_body(array: np.ndarray) -> bytes:
     """The array itself as a ``.npy`` file (float32)."""
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
-    return Response(buffer.getvalue(), media_type=NPY, headers=headers_for(model))
+    return buffer.getvalue()
 
 
-def png_response(images: np.ndarray, model) -> Response:
-    """One image, or a grid of a batch, as PNG."""
-    return Response(to_png(images), media_type=PNG, headers=headers_for(model))
+def image_body(images: np.ndarray, media: str) -> tuple[bytes, str]:
+    """A batch of images in the negotiated form: ``.npy`` or PNG (one image, or a grid of a batch)."""
+    return (npy_body(images), NPY) if media == NPY else (to_png(images), PNG)

@@ -1,4 +1,5 @@
-"""The cost of one model call: every committed model's signature timed at a few batch sizes.
+"""The cost of one model call: every committed model's graph for each endpoint it serves
+(``/encode`` runs the encoder alone), timed at a few batch sizes as the service calls them.
 
 Run with ``python benchmarks/model_calls.py``; prints µs per call and µs per image (median
 of the repeats), the part of a request the HTTP path cannot remove.
@@ -29,21 +30,22 @@ def main() -> None:
     registry = Registry(DEFAULT_MODELS_DIR, batching=None)
     registry.load_all()
     header = " | ".join(f"batch {n}: µs/call (µs/image)" for n in args.sizes)
-    print(f"| model | {header} |\n|---|" + "---:|" * len(args.sizes))
+    print(f"| model | endpoint | {header} |\n|---|---|" + "---:|" * len(args.sizes))
     rng = np.random.default_rng(0)
     for model in registry.latest_models():
-        cells = []
-        for size in args.sizes:
-            images = rng.random((size, 28, 28), dtype=np.float32)
-            model.predict(images)
-            times = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                model.predict(images)
-                times.append(time.perf_counter() - start)
-            per_call = statistics.median(times) * 1e6
-            cells.append(f"{per_call:,.0f} ({per_call / size:,.1f})")
-        print(f"| {model.name} | " + " | ".join(cells) + " |")
+        for endpoint in model.endpoints:
+            cells = []
+            for size in args.sizes:
+                images = rng.random((size, 28, 28), dtype=np.float32)
+                model.predict(images, endpoint)
+                times = []
+                for _ in range(args.repeats):
+                    start = time.perf_counter()
+                    model.predict(images, endpoint)
+                    times.append(time.perf_counter() - start)
+                per_call = statistics.median(times) * 1e6
+                cells.append(f"{per_call:,.0f} ({per_call / size:,.1f})")
+            print(f"| {model.name} | /{endpoint} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

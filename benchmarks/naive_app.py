@@ -21,7 +21,7 @@ def load(name: str) -> keras.Model:
     return keras.Model(images, outputs)
 
 
-encoder = load("mnist-conv")
+encoder = load("mnist-stacked")
 classifier = load("mnist-pretrained-classifier")
 app = FastAPI()
 
@@ -34,7 +34,7 @@ class Images(BaseModel):
 def encode(request: Images):
     x = np.array(request.images, dtype=np.float32)
     codes = encoder.predict(x)["codes"]
-    return {"model": "mnist-conv", "codes": codes.tolist()}
+    return {"model": "mnist-stacked", "codes": codes.tolist()}
 
 
 @app.post("/classify")

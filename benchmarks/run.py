@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scripts import local_server
 
 ROOT = Path(__file__).resolve().parent.parent
+NPY = "application/x-npy"
+BATCH_JSON = "JSON /encode, 1024 images (naive app's form)"
 SERVERS = {
     "ceiling (bare FastAPI)": "benchmarks.bare_app:app",
     "naive (tutorial app)": "benchmarks.naive_app:app",
@@ -32,14 +35,28 @@ SERVERS = {
 }
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "{content_type}"
+wrk.headers["Accept"] = "{accept}"
 local f = io.open("{body}", "rb")
 wrk.body = f:read("*all")
 f:close()
 """
 
 
-def bodies(folder: Path) -> dict[str, tuple[str, str, Path, int]]:
-    """The three loads: name -> (path, content type, body file, images per request)."""
+@dataclass(frozen=True)
+class Load:
+    """One load: what every server is sent (the ceiling and the naive app ignore the query string)."""
+
+    path: str
+    content_type: str
+    body: Path
+    images: int
+    accept: str = "application/json"
+    servers: tuple[str, ...] = tuple(SERVERS)
+
+
+def loads(folder: Path) -> dict[str, Load]:
+    """The loads by name. Every server runs the same models: /encode with mnist-stacked, /classify
+    with mnist-pretrained-classifier; one extra load shows the service's default /encode model."""
     digits = np.load(ROOT / "examples" / "digits.npy", allow_pickle=False)
     one = folder / "one.json"
     one.write_text(json.dumps({"images": [(digits[2] / 255.0).round(4).tolist()]}))
@@ -58,11 +75,18 @@ def bodies(folder: Path) -> dict[str, tuple[str, str, Path, int]]:
     np.save(npy, batch)
     batch_json = folder / "batch.json"  # the naive app takes JSON only
     batch_json.write_text(json.dumps({"images": (batch / 255.0).round(3).tolist()}))
+    ceiling, naive, ours = SERVERS
+    encode = "/encode?model=mnist-stacked"
     return {
-        "JSON /encode, 1 image": ("/encode", "application/json", one, 1),
-        "PNG upload /classify": ("/classify", f"multipart/form-data; boundary={boundary}", multipart, 1),
-        "npy /encode, 1024 images": ("/encode", "application/x-npy", npy, 1024),
-        "JSON /encode, 1024 images (naive app's form)": ("/encode", "application/json", batch_json, 1024),
+        "JSON /encode, 1 image": Load(encode, "application/json", one, 1),
+        "PNG upload /classify": Load(
+            "/classify?model=mnist-pretrained-classifier", f"multipart/form-data; boundary={boundary}", multipart, 1
+        ),
+        "npy /encode, 1024 images": Load(encode, "application/x-npy", npy, 1024, NPY, (ceiling, ours)),
+        BATCH_JSON: Load(encode, "application/json", batch_json, 1024, servers=(naive,)),
+        "npy /encode, 1024 images, default model (mnist-conv)": Load(
+            "/encode", "application/x-npy", npy, 1024, NPY, (ours,)
+        ),
     }
 
 
@@ -78,9 +102,9 @@ def to_ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def wrk(base: str, path: str, content_type: str, body: Path, seconds: int, connections: int, folder: Path) -> dict:
-    script = folder / f"{body.stem}.lua"
-    script.write_text(LUA.format(content_type=content_type, body=body))
+def wrk(base: str, load: Load, seconds: int, connections: int, folder: Path) -> dict:
+    script = folder / f"{load.body.stem}-{abs(hash(load))}.lua"
+    script.write_text(LUA.format(content_type=load.content_type, accept=load.accept, body=load.body))
     out = subprocess.run(
         [
             "wrk",
@@ -92,7 +116,7 @@ def wrk(base: str, path: str, content_type: str, body: Path, seconds: int, conne
             "--latency",
             "-s",
             str(script),
-            base + path,
+            base + load.path,
         ],
         capture_output=True,
         text=True,
@@ -126,7 +150,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk (or run make bench)")
     folder = Path(tempfile.mkdtemp(prefix="aeserve-bench-"))
-    loads = bodies(folder)
+    plan = loads(folder)
     results: dict[str, dict[str, dict]] = {}
     startup: dict[str, tuple[float, float]] = {}
     for server, target in SERVERS.items():
@@ -137,39 +161,36 @@ def main() -> None:
             target, "--workers", "1", "--no-access-log", "--log-level", "warning", env=env
         )
         try:
-            for load, (path, content_type, body, _) in loads.items():
-                if ("naive" in server) != ("naive app's form" in load) and "1024" in load:
-                    continue  # each server gets the batch in the form it takes
+            for name, load in plan.items():
+                if server not in load.servers:
+                    continue
                 if args.warmup:
-                    wrk(base, path, content_type, body, args.warmup, args.connections, folder)
-                results.setdefault(load, {})[server] = wrk(
-                    base, path, content_type, body, args.seconds, args.connections, folder
-                )
-                print(f"{server:24} {load:46} {results[load][server]}", file=sys.stderr, flush=True)
+                    wrk(base, load, args.warmup, args.connections, folder)
+                results.setdefault(name, {})[server] = wrk(base, load, args.seconds, args.connections, folder)
+                print(f"{server:24} {name:46} {results[name][server]}", file=sys.stderr, flush=True)
             startup[server] = (ready, rss_mb(process.pid))
         finally:
             local_server.stop(process)
-    print_table(results, startup, loads, args)
+    print_table(results, startup, plan, args)
 
 
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("inf")
 
 
-def print_table(results, startup, loads, args) -> None:
+def print_table(results, startup, plan, args) -> None:
     ceiling, naive, ours = SERVERS
     settings = f"; service environment {' '.join(args.env)}" if args.env else ""
     print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s, one uvicorn worker each, loopback{settings}.\n")
     print("| load | server | requests/s | images/s | p50 ms | p99 ms | non-2xx | × ceiling | × naive |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    batch_loads = ("npy /encode, 1024 images", "JSON /encode, 1024 images (naive app's form)")
-    for load, by_server in results.items():
-        if load == batch_loads[1]:
+    for name, by_server in results.items():
+        if name == BATCH_JSON:
             continue
         rows = dict(by_server)
-        if load == batch_loads[0] and naive in results.get(batch_loads[1], {}):
-            rows[naive] = results[batch_loads[1]][naive]
-        per_request = loads[load][3]
+        if name == "npy /encode, 1024 images" and naive in results.get(BATCH_JSON, {}):
+            rows[naive] = results[BATCH_JSON][naive]
+        per_request = plan[name].images
         for server in (ceiling, naive, ours):
             if server not in rows:
                 continue
@@ -178,7 +199,7 @@ def print_table(results, startup, loads, args) -> None:
             vs_naive = ratio(r["rps"], rows[naive]["rps"]) if naive in rows else float("nan")
             label = server + (" (JSON body)" if server == naive and per_request > 1 else "")
             print(
-                f"| {load} | {label} | {r['rps']:,.0f} | {r['rps'] * per_request:,.0f} | {r['p50']:.2f} | "
+                f"| {name} | {label} | {r['rps']:,.0f} | {r['rps'] * per_request:,.0f} | {r['p50']:.2f} | "
                 f"{r['p99']:.2f} | {r['errors']} | {vs_ceiling:.2f} | {vs_naive:,.1f} |"
             )
     print("\n| server | start to ready s | RSS MB (after the loads) |\n|---|---:|---:|")

@@ -126,3 +126,32 @@ async def test_abandoned_request_does_not_break_the_batch():
     gate.set()
     assert list((await kept)["first"]) == [3]
     assert list((await first)["first"]) == [1]
+
+
+async def test_lone_request_does_not_wait_out_the_delay():
+    model = Model()
+    batcher = Batcher(model, BatchConfig(max_batch=64, max_delay_us=30_000_000))
+    result = await asyncio.wait_for(batcher.predict(images(4)), timeout=5)  # not 30 s: nothing else is coming
+    assert list(result["first"]) == [4] and model.calls == [1]
+
+
+async def test_requests_arriving_together_still_share_a_call_under_a_long_delay():
+    model = Model()
+    batcher = Batcher(model, BatchConfig(max_batch=64, max_delay_us=30_000_000))
+    results = await asyncio.wait_for(asyncio.gather(*(batcher.predict(images(i)) for i in range(6))), timeout=5)
+    assert [list(r["first"]) for r in results] == [[i] for i in range(6)]
+    assert model.calls == [6]
+
+
+async def test_batchers_can_share_one_model_thread():
+    from concurrent.futures import ThreadPoolExecutor
+
+    executor = ThreadPoolExecutor(max_workers=1)
+    first, second = Model(), Model()
+    a = Batcher(first, BatchConfig(max_delay_us=0), executor=executor)
+    b = Batcher(second, BatchConfig(max_delay_us=0), executor=executor)
+    await asyncio.gather(a.predict(images(1)), b.predict(images(2)))
+    assert len(first.threads | second.threads) == 1 and threading.get_ident() not in first.threads
+    a.close()
+    b.close()
+    assert (await asyncio.get_running_loop().run_in_executor(executor, lambda: 7)) == 7  # still the registry's

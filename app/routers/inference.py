@@ -1,17 +1,13 @@
-"""The five endpoints: ``/encode``, ``/reconstruct``, ``/denoise``, ``/classify``, ``/cluster``."""
+"""The OpenAPI declaration of the five inference routes: ``/encode``, ``/reconstruct``, ``/denoise``,
+``/classify``, ``/cluster`` (served by :mod:`app.inference`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Literal
 
-import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import Response
+from fastapi import APIRouter, Query
 
-from app.inputs import Limits, read_images
-from app.registry import Registry, ServedModel
-from app.responses import JSON, NPY, PNG, json_response, negotiate, npy_response, png_response
+from app.responses import JSON, NPY, PNG
 from app.schemas import (
     ClassifyResponse,
     ClusterResponse,
@@ -28,6 +24,10 @@ Dataset = Annotated[str | None, Query(description="mnist or fashion-mnist (defau
 ModelName = Annotated[
     str | None, Query(description="a model name from GET /models (default: the dataset's best for this endpoint)")
 ]
+NoiseStd = Annotated[
+    float | None, Query(ge=0, le=2, description="add Gaussian noise of this std first (clipped to 0..1)")
+]
+Seed = Annotated[int | None, Query(ge=0, le=2**32 - 1, description="seed of that noise")]
 Preprocess = Annotated[
     Literal["mnist", "none"],
     Query(description="image files only: mnist (invert, crop, fit 20x20, centre by mass) or none (grey + resize)"),
@@ -80,120 +80,39 @@ def _docs(model, *extra: str) -> dict:
     }
 
 
-@dataclass
-class Call:
-    """One inference request and its query parameters, as every endpoint receives it."""
-
-    request: Request
-    registry: Registry
-    limits: Limits
-    dataset: str | None
-    model: str | None
-    preprocess: str
-
-    async def prepare(self, endpoint: str, offered: tuple[str, ...] = (JSON,)) -> tuple[ServedModel, str, np.ndarray]:
-        """Negotiate, resolve the model, decode the body: every cheap check before the model runs."""
-        media = negotiate(self.request.headers.get("accept"), offered)
-        model = self.registry.resolve(endpoint, self.dataset, self.model)
-        images = await read_images(self.request, self.limits, preprocess=self.preprocess == "mnist")
-        return model, media, images
-
-
-async def inference_call(
-    request: Request, dataset: Dataset = None, model: ModelName = None, preprocess: Preprocess = "mnist"
-) -> Call:
-    """The shared dependency of the five endpoints: their common query parameters and the app's services.
-
-    The registry and limits are read from the app here rather than injected as nested
-    dependencies: each level of dependency resolution costs the hot path measurable time.
-    """
-    state = request.app.state
-    return Call(request, state.registry, state.limits, dataset, model, preprocess)
-
-
-InferenceCall = Annotated[Call, Depends(inference_call)]
+# The functions below declare the five routes for OpenAPI: their parameters and descriptions.
+# Requests never reach them; app.inference.InferenceRoutes answers them in front of FastAPI's routing.
 
 
 @router.post("/encode", summary="Images to latent codes", **_docs(EncodeResponse, NPY))
-async def encode(call: InferenceCall) -> Response:
-    served, media, images = await call.prepare("encode", (JSON, NPY))
-    codes = (await served.run(images))["codes"]
-    if media == NPY:
-        return npy_response(codes, served)
-    payload = {"model": served.name, "version": served.version, "latent_dim": codes.shape[1], "codes": codes}
-    return json_response(payload, served)
+def encode(dataset: Dataset = None, model: ModelName = None, preprocess: Preprocess = "mnist") -> None:
+    """The latent code of each image (`Accept: application/x-npy` for the float32 array)."""
 
 
 @router.post("/reconstruct", summary="Images to reconstructions, with errors", **_docs(ReconstructResponse, NPY, PNG))
-async def reconstruct(call: InferenceCall) -> Response:
-    served, media, images = await call.prepare("reconstruct", (JSON, NPY, PNG))
-    reconstruction = (await served.run(images))["reconstruction"]
-    if media == NPY:
-        return npy_response(reconstruction, served)
-    if media == PNG:
-        return png_response(reconstruction, served)
-    errors = np.mean((reconstruction - images).reshape(len(images), -1) ** 2, axis=1)
-    payload = {
-        "model": served.name,
-        "version": served.version,
-        "images": reconstruction,
-        "errors": errors,
-        "in_distribution": (errors <= served.threshold).tolist(),
-    }
-    return json_response(payload, served)
+def reconstruct(dataset: Dataset = None, model: ModelName = None, preprocess: Preprocess = "mnist") -> None:
+    """Each image decoded from its code, its mean squared error and whether that error is in distribution
+    (at most the training set's 99th percentile). `Accept: image/png` gives the images (a grid for a batch)."""
 
 
 @router.post("/denoise", summary="Noisy images to clean ones", **_docs(DenoiseResponse, NPY, PNG))
-async def denoise(
-    call: InferenceCall,
-    noise_std: Annotated[
-        float | None, Query(ge=0, le=2, description="add Gaussian noise of this std first (clipped to 0..1)")
-    ] = None,
-    seed: Annotated[int | None, Query(ge=0, le=2**32 - 1, description="seed of that noise")] = None,
-) -> Response:
-    served, media, images = await call.prepare("denoise", (JSON, NPY, PNG))
-    noisy = None
-    if noise_std is not None:
-        rng = np.random.default_rng(seed)
-        noisy = np.clip(images + rng.normal(0.0, noise_std, images.shape), 0.0, 1.0).astype(np.float32)
-        images = noisy
-    denoised = (await served.run(images))["denoised"]
-    if media == NPY:
-        return npy_response(denoised, served)
-    if media == PNG:
-        return png_response(denoised, served)
-    payload = {"model": served.name, "version": served.version, "images": denoised}
-    if noisy is not None:
-        payload["noisy"] = noisy
-    return json_response(payload, served)
+def denoise(
+    dataset: Dataset = None,
+    model: ModelName = None,
+    preprocess: Preprocess = "mnist",
+    noise_std: NoiseStd = None,
+    seed: Seed = None,
+) -> None:
+    """Each image with its noise removed; with `noise_std`, Gaussian noise is added first and the noisy input
+    is returned beside the result."""
 
 
 @router.post("/classify", summary="Images to classes", **_docs(ClassifyResponse))
-async def classify(call: InferenceCall) -> Response:
-    served, _, images = await call.prepare("classify")
-    probabilities = (await served.run(images))["probabilities"]
-    labels = probabilities.argmax(axis=1)
-    names = served.class_names
-    predictions = [
-        {"label": int(k), "class_name": names[k], "confidence": float(p[k]), "probabilities": p}
-        for k, p in zip(labels, probabilities, strict=True)
-    ]
-    return json_response({"model": served.name, "version": served.version, "predictions": predictions}, served)
+def classify(dataset: Dataset = None, model: ModelName = None, preprocess: Preprocess = "mnist") -> None:
+    """The class of each image, its name, the confidence and every class's probability."""
 
 
 @router.post("/cluster", summary="Images to clusters", **_docs(ClusterResponse))
-async def cluster(call: InferenceCall) -> Response:
-    served, _, images = await call.prepare("cluster")
-    outputs = await served.run(images)
-    hints = served.label_hints
-    assignments = [
-        {"cluster": int(k), "distances": d, "label_hint": hints[k] if k < len(hints) else ""}
-        for k, d in zip(outputs["cluster"], outputs["distances"], strict=True)
-    ]
-    payload = {
-        "model": served.name,
-        "version": served.version,
-        "n_clusters": outputs["distances"].shape[1],
-        "assignments": assignments,
-    }
-    return json_response(payload, served)
+def cluster(dataset: Dataset = None, model: ModelName = None, preprocess: Preprocess = "mnist") -> None:
+    """The nearest KMeans centre of each image's code, the distances to every centre and the cluster's label
+    hint (its majority training label, for display)."""
