@@ -26,7 +26,6 @@ from app.responses import JSON, NPY, PNG, image_body, json_body, negotiate
 
 log = logging.getLogger("aeserve")
 
-DATASETS = ("mnist", "fashion-mnist")
 PREPROCESS = ("mnist", "none")
 MAX_SEED = 2**32 - 1
 MAX_NOISE_STD = 2.0

@@ -50,10 +50,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="aeserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
-    app.state.limits = Limits(settings.max_body_bytes, settings.max_batch, settings.max_image_pixels)
     install_error_handlers(app)
     app.include_router(operations.router)
-    app.add_middleware(InferenceRoutes, registry=registry, limits=app.state.limits)
+    limits = Limits(settings.max_body_bytes, settings.max_batch, settings.max_image_pixels)
+    app.add_middleware(InferenceRoutes, registry=registry, limits=limits)
 
     def openapi() -> dict:
         if app.openapi_schema is None:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from app.responses import JSON, NPY, PNG
+from app.inference import ENDPOINTS, MAX_NOISE_STD, MAX_SEED, PREPROCESS
 from app.schemas import (
     ClassifyResponse,
     ClusterResponse,
@@ -25,11 +25,11 @@ ModelName = Annotated[
     str | None, Query(description="a model name from GET /models (default: the dataset's best for this endpoint)")
 ]
 NoiseStd = Annotated[
-    float | None, Query(ge=0, le=2, description="add Gaussian noise of this std first (clipped to 0..1)")
+    float | None, Query(ge=0, le=MAX_NOISE_STD, description="add Gaussian noise of this std first (clipped to 0..1)")
 ]
-Seed = Annotated[int | None, Query(ge=0, le=2**32 - 1, description="seed of that noise")]
+Seed = Annotated[int | None, Query(ge=0, le=MAX_SEED, description="seed of that noise")]
 Preprocess = Annotated[
-    Literal["mnist", "none"],
+    Literal[PREPROCESS],
     Query(description="image files only: mnist (invert, crop, fit 20x20, centre by mass) or none (grey + resize)"),
 ]
 
@@ -72,8 +72,9 @@ ERRORS = {
 }
 
 
-def _docs(model, *extra: str) -> dict:
-    content = {JSON: {}} | {media: {} for media in extra}
+def _docs(model, path: str) -> dict:
+    """OpenAPI extras of ``path``: its response model, the forms it answers in, the errors, the request body."""
+    content = {media: {} for media in ENDPOINTS[path].offered}
     return {
         "responses": {200: {"model": model, "content": content}, **ERRORS},
         "openapi_extra": {"requestBody": REQUEST_BODY},
@@ -84,18 +85,20 @@ def _docs(model, *extra: str) -> dict:
 # Requests never reach them; app.inference.InferenceRoutes answers them in front of FastAPI's routing.
 
 
-@router.post("/encode", summary="Images to latent codes", **_docs(EncodeResponse, NPY))
+@router.post("/encode", summary="Images to latent codes", **_docs(EncodeResponse, "/encode"))
 def encode(dataset: Dataset = None, model: ModelName = None, preprocess: Preprocess = "mnist") -> None:
     """The latent code of each image (`Accept: application/x-npy` for the float32 array)."""
 
 
-@router.post("/reconstruct", summary="Images to reconstructions, with errors", **_docs(ReconstructResponse, NPY, PNG))
+@router.post(
+    "/reconstruct", summary="Images to reconstructions, with errors", **_docs(ReconstructResponse, "/reconstruct")
+)
 def reconstruct(dataset: Dataset = None, model: ModelName = None, preprocess: Preprocess = "mnist") -> None:
     """Each image decoded from its code, its mean squared error and whether that error is in distribution
     (at most the training set's 99th percentile). `Accept: image/png` gives the images (a grid for a batch)."""
 
 
-@router.post("/denoise", summary="Noisy images to clean ones", **_docs(DenoiseResponse, NPY, PNG))
+@router.post("/denoise", summary="Noisy images to clean ones", **_docs(DenoiseResponse, "/denoise"))
 def denoise(
     dataset: Dataset = None,
     model: ModelName = None,
@@ -107,12 +110,12 @@ def denoise(
     is returned beside the result."""
 
 
-@router.post("/classify", summary="Images to classes", **_docs(ClassifyResponse))
+@router.post("/classify", summary="Images to classes", **_docs(ClassifyResponse, "/classify"))
 def classify(dataset: Dataset = None, model: ModelName = None, preprocess: Preprocess = "mnist") -> None:
     """The class of each image, its name, the confidence and every class's probability."""
 
 
-@router.post("/cluster", summary="Images to clusters", **_docs(ClusterResponse))
+@router.post("/cluster", summary="Images to clusters", **_docs(ClusterResponse, "/cluster"))
 def cluster(dataset: Dataset = None, model: ModelName = None, preprocess: Preprocess = "mnist") -> None:
     """The nearest KMeans centre of each image's code, the distances to every centre and the cluster's label
     hint (its majority training label, for display)."""
