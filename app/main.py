@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -14,6 +13,9 @@ from app.batching import BatchConfig
 from app.errors import install_error_handlers
 from app.inference import InferenceRoutes
 from app.inputs import Limits
+from app.metrics import Metrics
+from app.observability import Observability, configure_logging
+from app.protocols import tfserving, v2
 from app.registry import Registry
 from app.routers import inference as declarations
 from app.routers import operations, page
@@ -33,13 +35,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ``/readyz`` is 503, with the reason, until every model is loaded and warmed up.
     """
     settings = settings or Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_level, settings.log_format, settings.access_log)
     batching = (
         BatchConfig(settings.batch_max_size, settings.batch_max_delay_us, settings.batch_max_queue_images)
         if settings.batching
         else None
     )
     registry = Registry(settings.models_dir, warmup=settings.warmup, batching=batching)
+    metrics = Metrics(registry)
+    registry.on_batch = metrics.observe_batch
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -50,10 +54,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="aeserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
+    app.state.metrics = metrics
+    app.state.limits = limits = Limits(settings.max_body_bytes, settings.max_batch, settings.max_image_pixels)
     install_error_handlers(app)
     app.include_router(operations.router)
-    limits = Limits(settings.max_body_bytes, settings.max_batch, settings.max_image_pixels)
+    app.include_router(tfserving.router)
+    app.include_router(v2.router)
     app.add_middleware(InferenceRoutes, registry=registry, limits=limits)
+    app.add_middleware(Observability, metrics=metrics, access_log=settings.access_log)  # outermost
 
     def openapi() -> dict:
         if app.openapi_schema is None:

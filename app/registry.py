@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -85,15 +86,23 @@ class GraphFunction:
 
 @dataclass
 class ServedModel:
-    """One loaded model version and what its manifest says about it."""
+    """One loaded model version and what its manifest says about it.
+
+    Every computation is named by the signature outputs it yields: each endpoint reads a fixed set
+    (:meth:`outputs_of`), and the TF Serving and Open Inference Protocol routes may ask for any set.
+    Each set gets its own pruned graph function and batcher, made on first use.
+    """
 
     name: str
     version: int
     manifest: dict
-    functions: dict[str, GraphFunction] = field(default_factory=dict, repr=False)  # by endpoint
-    batchers: dict[str, Batcher] = field(default_factory=dict, repr=False)  # endpoint -> its batcher
+    signature: Any = field(default=None, repr=False)  # the SavedModel's serving_default
     owner: Any = field(default=None, repr=False)  # the loaded SavedModel, which the functions need alive
     executor: ThreadPoolExecutor | None = field(default=None, repr=False)  # the model thread
+    batching: BatchConfig | None = field(default=None, repr=False)
+    on_batch: Callable[[str, int, float], None] | None = field(default=None, repr=False)
+    functions: dict[tuple[str, ...], GraphFunction] = field(default_factory=dict, repr=False)
+    batchers: dict[tuple[str, ...], Batcher] = field(default_factory=dict, repr=False)
 
     @property
     def dataset(self) -> str:
@@ -102,6 +111,11 @@ class ServedModel:
     @property
     def endpoints(self) -> list[str]:
         return self.manifest["endpoints"]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Every output of the model's signature."""
+        return list(self.manifest["outputs"])
 
     @property
     def class_names(self) -> list[str]:
@@ -115,24 +129,51 @@ class ServedModel:
     def label_hints(self) -> list[str]:
         return self.manifest.get("clusters", {}).get("label_hints", [])
 
-    def predict(self, images: np.ndarray, endpoint: str) -> dict[str, np.ndarray]:
-        """The outputs ``endpoint`` needs for a ``float32 [N,28,28]`` batch.
+    def outputs_of(self, endpoint: str) -> tuple[str, ...]:
+        """The signature outputs ``endpoint`` reads from this model."""
+        if endpoint == "cluster" and "distances" not in self.manifest["outputs"]:
+            return ("cluster", "cluster_probabilities")
+        return OUTPUTS[endpoint]
 
-        Blocking: call it off the event loop. The batch runs padded to a warmed size.
+    def compute(self, images: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The signature ``outputs`` for a ``float32 [N,28,28]`` batch.
+
+        Blocking, and on the model thread only, or while loading (it may make the graph function).
+        The batch runs padded to a warmed size.
         """
+        function = self.functions.get(outputs)
+        if function is None:
+            function = self.functions[outputs] = GraphFunction(self.signature, outputs)
         count = len(images)
         size = padded_size(count)
         if size > count:
             images = np.concatenate([images, np.zeros((size - count, 28, 28), np.float32)])
-        outputs = self.functions[endpoint](images)
-        return {key: value[:count] for key, value in outputs.items()} if size > count else outputs
+        results = function(images)
+        return {key: value[:count] for key, value in results.items()} if size > count else results
+
+    def predict(self, images: np.ndarray, endpoint: str) -> dict[str, np.ndarray]:
+        """What ``endpoint`` needs for a batch; blocking, as :meth:`compute`."""
+        return self.compute(images, self.outputs_of(endpoint))
 
     async def run(self, images: np.ndarray, endpoint: str) -> dict[str, np.ndarray]:
-        """What ``predict`` returns, through the endpoint's batcher (or a thread call without one)."""
-        batcher = self.batchers.get(endpoint)
-        if batcher is not None:
-            return await batcher.predict(images)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.predict, images, endpoint)
+        """What ``endpoint`` needs for a batch, through its batcher (or a model-thread call without one)."""
+        return await self.run_outputs(images, self.outputs_of(endpoint))
+
+    async def run_outputs(self, images: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The signature ``outputs`` for a batch, batched with other requests for the same outputs."""
+        if self.batching is None:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, self.compute, images, outputs)
+        batcher = self.batchers.get(outputs)
+        if batcher is None:
+            label = "+".join(outputs)
+            batcher = self.batchers[outputs] = Batcher(
+                partial(self.compute, outputs=outputs),
+                self.batching,
+                name=f"{self.name}-{self.version}-{label}",
+                on_batch=partial(self.on_batch, label) if self.on_batch else None,
+                executor=self.executor,
+            )
+        return await batcher.predict(images)
 
 
 def _rank(model: ServedModel, endpoint: str) -> tuple[float, str]:
@@ -188,6 +229,8 @@ class Registry:
     models_dir: Path
     warmup: bool = True
     batching: BatchConfig | None = field(default_factory=BatchConfig)
+    # Told of every batch a batcher runs: (model, outputs, images, seconds its oldest request waited).
+    on_batch: Callable[[str, str, int, float], None] | None = None
     # Model calls run on this thread, never on the event loop; one thread keeps the other core for HTTP.
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
@@ -231,16 +274,24 @@ class Registry:
                 signature = loaded.signatures["serving_default"]
             except Exception as exc:  # noqa: BLE001 - TensorFlow raises many types for a bad SavedModel
                 raise ModelLoadError(f"SavedModel does not load ({type(exc).__name__})") from None
-            model = ServedModel(state.name, state.version, manifest, owner=loaded, executor=self.executor)
+            model = ServedModel(
+                state.name,
+                state.version,
+                manifest,
+                signature=signature,
+                owner=loaded,
+                executor=self.executor,
+                batching=self.batching,
+                on_batch=partial(self.on_batch, state.name) if self.on_batch else None,
+            )
+            missing = {key for e in model.endpoints for key in model.outputs_of(e)} - set(signature.structured_outputs)
+            if missing or set(signature.structured_outputs) != set(manifest.get("outputs", {})):
+                raise ModelLoadError(
+                    "the signature's outputs do not match manifest.json and its endpoints"
+                    + (f" (missing {', '.join(sorted(missing))})" if missing else "")
+                )
             for endpoint in model.endpoints:
-                model.functions[endpoint] = GraphFunction(signature, OUTPUTS[endpoint])
-                if self.batching is not None:
-                    model.batchers[endpoint] = Batcher(
-                        partial(model.predict, endpoint=endpoint),
-                        self.batching,
-                        name=f"{state.name}-{state.version}-{endpoint}",
-                        executor=self.executor,
-                    )
+                model.compute(np.zeros((1, 28, 28), np.float32), model.outputs_of(endpoint))
             if self.warmup:
                 largest = padded_size(self.batching.max_batch if self.batching else BATCH_SIZES[-1])
                 for endpoint in model.endpoints:

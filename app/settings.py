@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,3 +30,5 @@ class Settings(BaseSettings):
     batch_max_queue_images: int = Field(16384, gt=0, description="most images queued per model; 503 beyond")
     warmup: bool = Field(True, description="run each model once on a dummy batch before reporting ready")
     log_level: str = Field("info", description="Python log level of the service's own logger")
+    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line; text: plain")
+    access_log: bool = Field(True, description="one log line per request, with its request id, status and latency")

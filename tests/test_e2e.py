@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
 import httpx
+import numpy as np
 import pytest
 from helpers import multipart, photo_of_digit
 
@@ -39,6 +41,10 @@ def test_real_server(workers, tmp_path):
             docs = http.get("/docs")
             assert docs.status_code == 200 and "swagger" in docs.text.lower()
             assert http.get("/openapi.json").json()["info"]["title"] == "aeserve"
+            if workers == 1:
+                documented_client_calls(base)
+                request_id = http.get("/healthz", headers={"X-Request-ID": "e2e-1"}).headers["x-request-id"]
+                assert request_id == "e2e-1"
     finally:
         code = local_server.stop(process)
         log.close()
@@ -46,3 +52,45 @@ def test_real_server(workers, tmp_path):
     assert code in (0, -signal.SIGTERM)
     text = log_path.read_text()
     assert "Application shutdown complete" in text, (log_path, len(text))
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert any(line["message"] == "Application startup complete." for line in lines)  # uvicorn's, as JSON
+    access = [line for line in lines if line["logger"] == "aeserve.access"]
+    assert access and all({"request_id", "route", "status", "duration_ms"} <= set(line) for line in access)
+    if workers == 1:
+        assert any(line["request_id"] == "e2e-1" and line["path"] == "/healthz" for line in access)
+
+
+def documented_client_calls(base: str) -> None:
+    """TF Serving's tutorial client and the V2 protocol's example request, as their documentation writes
+    them (with ``requests``), the model name changed and the tensors made MNIST digits: both get the
+    codes ``/encode`` gives."""
+    import requests
+
+    test_images = np.stack([mnist_style_digit(d) for d in (0, 1, 7)])[..., None]  # (3, 28, 28, 1) in 0..1
+    expected = httpx.post(f"{base}/encode?model=mnist-stacked", json={"images": test_images[..., 0].tolist()})
+    codes = np.array(expected.json()["codes"])
+
+    data = json.dumps({"signature_name": "serving_default", "instances": test_images[0:3].tolist()})
+    headers = {"content-type": "application/json"}
+    json_response = requests.post(f"{base}/v1/models/mnist-stacked:predict", data=data, headers=headers)
+    predictions = json.loads(json_response.text)["predictions"]
+    np.testing.assert_allclose([p["codes"] for p in predictions], codes, atol=1e-6)
+
+    infer_request = {
+        "id": "42",
+        "inputs": [
+            {"name": "input-0", "shape": [3, 784], "datatype": "FP32", "data": test_images.reshape(3, 784).tolist()}
+        ],
+        "outputs": [{"name": "codes"}],
+    }
+    response = requests.post(f"{base}/v2/models/mnist-stacked/infer", json=infer_request)
+    (output,) = response.json()["outputs"]
+    assert response.json()["id"] == "42"
+    np.testing.assert_allclose(np.reshape(output["data"], output["shape"]), codes, atol=1e-6)
+
+
+def mnist_style_digit(digit: int) -> np.ndarray:
+    """A drawn digit made 28x28 as the service makes uploads, in 0..1."""
+    from app.imaging import decode_image, mnist_style
+
+    return mnist_style(decode_image(photo_of_digit(digit), 10**6))

@@ -1,15 +1,16 @@
-"""Operating endpoints: ``/models``, ``/models/{name}``, ``/healthz``, ``/readyz``."""
+"""Operating endpoints: ``/models``, ``/models/{name}``, ``/healthz``, ``/readyz``, ``/metrics``."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from app.dependencies import get_registry
 from app.errors import ApiError, error_response
+from app.metrics import CONTENT_TYPE
 from app.registry import Registry, ServedModel
 from app.responses import JSON
 from app.schemas import ErrorResponse
@@ -79,3 +80,12 @@ async def readyz(registry: Annotated[Registry, Depends(get_registry)]) -> Respon
     if not registry.ready:
         return error_response(503, registry.not_ready_reason(), {"Retry-After": "1"})
     return _json({"status": "ready", "models": sum(len(v) for v in registry.models.values())})
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics: requests, errors, latency, batch sizes and queue delays, models loaded",
+    responses={200: {"content": {CONTENT_TYPE: {}}}},
+)
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE)

@@ -1,0 +1,88 @@
+"""What both protocols share: the size-limited JSON body, model lookup by path, tensors to an image batch."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+
+from app.errors import ApiError
+from app.imaging import decode_image, mnist_style
+from app.inference import ClientGoneError, read_body
+from app.inputs import Limits, check_batch, image_count
+from app.registry import Registry, ServedModel
+from app.responses import JSON, json_body
+
+# The numpy dtypes of the signatures' tensors, by the names each protocol gives them.
+TF_DTYPES = {"float32": "DT_FLOAT", "float64": "DT_DOUBLE", "int32": "DT_INT32", "int64": "DT_INT64"}
+V2_DTYPES = {"float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64"}
+
+
+async def read_json(request: Request) -> Any:
+    """The request body parsed as JSON; refused with 413 while it streams past the body limit.
+
+    The content type is not checked: TF Serving's own examples post with ``curl -d``, which
+    labels the body as a form.
+    """
+    limits: Limits = request.app.state.limits
+    length = request.headers.get("content-length")
+    try:
+        body = await read_body(request.receive, length.encode("latin-1") if length else None, limits.max_body_bytes)
+    except ClientGoneError:
+        raise ApiError(400, "the request body did not arrive") from None
+    if not body:
+        raise ApiError(400, "request body is empty")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"body is not valid JSON ({exc.msg})") from None
+
+
+def find_model(registry: Registry, name: str, version: str | None) -> ServedModel:
+    """The loaded model a protocol path names (newest version unless one is given), or 404/503."""
+    if version is None:
+        return registry.get(name)
+    if not version.isdigit():
+        raise ApiError(404, f"model versions are whole numbers, not {version!r}")
+    return registry.get(name, int(version))
+
+
+def answer(payload: dict, model: ServedModel) -> Response:
+    """A JSON answer naming the model version that computed it, as the five endpoints' answers do."""
+    headers = {"X-Model": model.name, "X-Model-Version": str(model.version)}
+    return Response(json_body(payload), 200, headers=headers, media_type=JSON)
+
+
+def as_images(values: Any, limits: Limits, what: str, scale: float = 1.0) -> np.ndarray:
+    """Nested lists of numbers shaped as an image batch (N,28,28), (N,28,28,1) or (N,784) → the checked batch."""
+    try:
+        array = np.array(values, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise ApiError(400, f"{what} must hold numbers only, in lists of equal length") from None
+    if np.isnan(array).any():  # JSON has no NaN: these were nulls
+        raise ApiError(422, f"{what} holds nulls; every pixel must be a number")
+    image_count(array.shape, what)
+    return check_batch(array.reshape(-1, 28, 28), limits, scale)
+
+
+def image_file(encoded: Any, limits: Limits) -> np.ndarray:
+    """``{"b64": ...}``'s base64 image file (PNG, JPEG, ...) → one 28x28 image, made as MNIST was."""
+    if not isinstance(encoded, str):
+        raise ApiError(400, '"b64" must be a string of base64 image file bytes')
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, '"b64" is not valid base64') from None
+    if len(data) == 0:
+        raise ApiError(400, '"b64" holds no bytes')
+    return mnist_style(decode_image(data, limits.max_image_pixels))
+
+
+def tensor_shape(model: ServedModel, name: str) -> list[int]:
+    """An output's shape from the manifest, variable dimensions as -1."""
+    return [int(d) for d in model.manifest["outputs"][name]["shape"]]
