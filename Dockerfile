@@ -46,11 +46,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
     AESERVE_MODELS_DIR=/srv/aeserve/models \
-    WEB_CONCURRENCY=1
+    WEB_CONCURRENCY=1 \
+    UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=20
 USER 10001:10001
 EXPOSE 8000
 # Liveness: the process answers. Readiness (models verified, loaded, warmed) is GET /readyz.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
-# uvicorn reads WEB_CONCURRENCY for --workers; the graceful shutdown stays inside Kubernetes' default 30 s.
-CMD ["/opt/venv/bin/uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "20"]
+# uvicorn reads WEB_CONCURRENCY for --workers and UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN for the seconds it lets
+# requests in flight finish after SIGTERM (20: inside Kubernetes' default 30 s grace).
+CMD ["/opt/venv/bin/uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]

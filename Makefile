@@ -8,6 +8,8 @@ PORT ?= 8000
 DATA_DIR ?= $(AESERVE_DATA_DIR)
 export AESERVE_DATA_DIR := $(DATA_DIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# After SIGTERM (Ctrl-C) uvicorn stops accepting and lets requests in flight finish for up to this many seconds.
+export UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN ?= 20
 
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from app import __version__
@@ -19,6 +21,7 @@ from app.protocols import tfserving, v2
 from app.registry import Registry
 from app.routers import inference as declarations
 from app.routers import operations, page
+from app.security import ApiKey
 from app.settings import Settings
 
 DESCRIPTION = """Trained MNIST and Fashion-MNIST autoencoders over REST.
@@ -26,6 +29,11 @@ DESCRIPTION = """Trained MNIST and Fashion-MNIST autoencoders over REST.
 Post images as `multipart/form-data` (parts named `file`), as JSON `{"images": [...], "pixel_scale": 1|255}`
 or as the bytes of one `.npy` file (`application/x-npy`). Every error is JSON `{"error": "..."}`.
 """
+
+
+def has_models(models_dir: Path) -> bool:
+    """Whether ``models_dir`` holds at least one ``<name>/<version>/`` folder."""
+    return models_dir.is_dir() and any(p.is_dir() and p.name.isdigit() for p in models_dir.glob("*/*"))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,6 +55,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        if settings.require_models and not has_models(settings.models_dir):
+            raise RuntimeError(
+                f"AESERVE_MODELS_DIR={settings.models_dir} holds no <name>/<version>/ models "
+                "and AESERVE_REQUIRE_MODELS is set"
+            )
         loading = asyncio.get_running_loop().run_in_executor(None, registry.load_all)
         yield
         await loading
@@ -60,8 +73,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(operations.router)
     app.include_router(tfserving.router)
     app.include_router(v2.router)
+    # Outermost last: request ids and metrics see every answer; CORS answers preflights before the key is asked.
     app.add_middleware(InferenceRoutes, registry=registry, limits=limits)
-    app.add_middleware(Observability, metrics=metrics, access_log=settings.access_log)  # outermost
+    if settings.api_key is not None and settings.api_key.get_secret_value():
+        app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID"],
+            expose_headers=["X-Model", "X-Model-Version", "X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(Observability, metrics=metrics, access_log=settings.access_log)
 
     def openapi() -> dict:
         if app.openapi_schema is None:

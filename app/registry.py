@@ -242,16 +242,22 @@ class Registry:
     problem: str | None = None
 
     def discover(self) -> None:
-        """Find ``<name>/<version>/`` folders; each becomes a pending model state."""
+        """Find ``<name>/<version>/`` folders; each becomes a pending model state.
+
+        A missing or empty models directory is a problem ``/readyz`` reports, without the path,
+        which only the log names: responses never show the server's file system.
+        """
         if not self.models_dir.is_dir():
-            self.problem = f"models directory {self.models_dir} does not exist"
+            self.problem = "the models directory (AESERVE_MODELS_DIR) does not exist"
+            log.error("models directory %s does not exist", self.models_dir)
             return
         for model_dir in sorted(p for p in self.models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
             for folder in sorted(versions, key=lambda p: int(p.name)):
                 self.states[(model_dir.name, int(folder.name))] = ModelState(model_dir.name, int(folder.name), folder)
         if not self.states:
-            self.problem = f"no <name>/<version>/ model folders under {self.models_dir}"
+            self.problem = "the models directory (AESERVE_MODELS_DIR) holds no <name>/<version>/ model folders"
+            log.error("no <name>/<version>/ model folders under %s", self.models_dir)
 
     def _load_one(self, state: ModelState) -> None:
         import tensorflow as tf

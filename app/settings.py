@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -29,6 +29,15 @@ class Settings(BaseSettings):
     )
     batch_max_queue_images: int = Field(16384, gt=0, description="most images queued per model; 503 beyond")
     warmup: bool = Field(True, description="run each model once on a dummy batch before reporting ready")
+    require_models: bool = Field(
+        False, description="refuse to start when models_dir is missing or empty (else /readyz reports it)"
+    )
+    api_key: SecretStr | None = Field(
+        None, description="when set, every route but the health checks needs Authorization: Bearer <key>"
+    )
+    cors_origins: list[str] = Field(
+        [], description='origins allowed to call from a browser, as JSON (["https://a.example"]); none by default'
+    )
     log_level: str = Field("info", description="Python log level of the service's own logger")
     log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line; text: plain")
     access_log: bool = Field(True, description="one log line per request, with its request id, status and latency")
