@@ -126,14 +126,19 @@ async def classify(served: ServedModel, images: np.ndarray, _: str, __: Params) 
 async def cluster(served: ServedModel, images: np.ndarray, _: str, __: Params) -> Body:
     outputs = await served.run(images, "cluster")
     hints = served.label_hints
+    # KMeans heads give the distance to each centre; mixture heads the probability of each component.
+    if "distances" in outputs:
+        key, scores = "distances", outputs["distances"]
+    else:
+        key, scores = "probabilities", outputs["cluster_probabilities"]
     assignments = [
-        {"cluster": int(k), "distances": d, "label_hint": hints[k] if k < len(hints) else ""}
-        for k, d in zip(outputs["cluster"], outputs["distances"], strict=True)
+        {"cluster": int(k), key: d, "label_hint": hints[int(k)] if int(k) < len(hints) else ""}
+        for k, d in zip(outputs["cluster"], scores, strict=True)
     ]
     payload = {
         "model": served.name,
         "version": served.version,
-        "n_clusters": outputs["distances"].shape[1],
+        "n_clusters": scores.shape[1],
         "assignments": assignments,
     }
     return json_body(payload), JSON

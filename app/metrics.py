@@ -79,16 +79,27 @@ class Metrics:
             buckets=DELAY_BUCKETS,
             registry=self.registry,
         )
+        # The metric children of each label set seen (the labels are bounded: route templates, model names).
+        self._children: dict[tuple[str, str, str, int], tuple] = {}
         self.registry.register(ModelsCollector(registry))
         ProcessCollector(registry=self.registry)
 
     def observe_request(self, method: str, route: str, model: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
-        code = str(status)
-        self.requests.labels(method, route, model, code).inc()
-        if status >= 400:
-            self.errors.labels(route, model, code).inc()
-        self.latency.labels(route, model).observe(seconds)
+        key = (method, route, model, status)
+        children = self._children.get(key)
+        if children is None:  # label lookups cost more than the counting: once per label set
+            code = str(status)
+            children = self._children[key] = (
+                self.requests.labels(method, route, model, code),
+                self.errors.labels(route, model, code) if status >= 400 else None,
+                self.latency.labels(route, model),
+            )
+        requests, errors, latency = children
+        requests.inc()
+        if errors is not None:
+            errors.inc()
+        latency.observe(seconds)
 
     def observe_batch(self, model: str, outputs: str, images: int, waited: float) -> None:
         """Record one model call of ``images`` whose oldest request waited ``waited`` seconds."""

@@ -54,7 +54,12 @@ class ClassifyResponse(ModelAnswer):
 
 class Assignment(BaseModel):
     cluster: int
-    distances: list[float] = Field(description="Euclidean distance from the code to each centre")
+    distances: list[float] | None = Field(
+        None, description="KMeans heads: Euclidean distance from the code to each centre"
+    )
+    probabilities: list[float] | None = Field(
+        None, description="mixture heads: the probability of each cluster (the model gives one or the other)"
+    )
     label_hint: str = Field(description="majority training class of the cluster, for display only")
 
 

@@ -371,6 +371,8 @@ async function runCluster() {
     detail += ` Distance to its centre ${fmt(order[0][0], 2)}`;
     if (order.length > 1) detail += `; the next nearest is cluster ${order[1][1]} at ${fmt(order[1][0], 2)}`;
     detail += ".";
+  } else if (Array.isArray(assignment.probabilities)) {
+    detail += ` Probability of this cluster ${fmt(assignment.probabilities[assignment.cluster], 3)}.`;
   }
   $("cluster-detail").textContent = detail;
   showError("cluster", null);
