@@ -55,4 +55,5 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 # uvicorn reads WEB_CONCURRENCY for --workers and UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN for the seconds it lets
 # requests in flight finish after SIGTERM (20: inside Kubernetes' default 30 s grace).
-CMD ["/opt/venv/bin/uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+# app.serve is uvicorn's command line that exits 0 after a graceful stop.
+CMD ["/opt/venv/bin/python", "-m", "app.serve", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]

@@ -41,7 +41,7 @@ $(DEV): $(RUNTIME)
 install: $(RUNTIME)
 
 serve: install
-	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) $(if $(WORKERS),--workers $(WORKERS))
+	$(BIN)/python -m app.serve app.main:app --host $(HOST) --port $(PORT) $(if $(WORKERS),--workers $(WORKERS))
 
 test: $(DEV)
 	$(BIN)/ruff check .

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -16,6 +18,12 @@ SIDE, BOX = 28, 20
 WORKING_SIZE = 512
 # Formats whose orientation tag may be read only from the decoded file; others carry EXIF in image.info.
 EXIF_FORMATS = ("TIFF", "MPO", "WEBP")
+# The formats of the contract (Pillow's JPEG plugin also opens MPO, the multi-picture JPEG of phones).
+# Pillow's other plugins (EPS runs Ghostscript, PSD, ICNS, FITS, ...) are never offered a client's bytes.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+ACCEPTED = "PNG, JPEG, BMP, GIF, WebP, TIFF"
+# Modes with no conversion to L in Pillow: their lightness channel is the grey image.
+LIGHTNESS = {"LAB": "L", "HSV": "V"}
 
 
 def _to_grey(image: Image.Image) -> np.ndarray:
@@ -24,8 +32,12 @@ def _to_grey(image: Image.Image) -> np.ndarray:
         return np.asarray(image, dtype=np.uint16).astype(np.float32) / 65535.0
     if image.mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(values).all():  # float TIFFs can hold NaN or Inf: no grey value fits them
+            raise ApiError(422, "image holds NaN or infinite pixel values")
         scale = 65535.0 if values.max(initial=0) > 255 else 255.0
         return np.clip(values / scale, 0.0, 1.0)
+    if image.mode in LIGHTNESS:
+        return np.asarray(image.getchannel(LIGHTNESS[image.mode]), dtype=np.float32) / 255.0
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -33,15 +45,34 @@ def _to_grey(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
 
 
+@contextmanager
+def _pillow_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Pillow's decompression-bomb limit (a process-wide setting) at ``max_pixels`` while decoding one file.
+
+    Pillow checks it on the header when it opens a file and on every frame it seeks to; above it
+    Pillow warns (an error inside :func:`decode_image`), above twice it refuses. The previous value
+    is restored after, so other code of the process keeps Pillow's own default.
+    """
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode one image file's first frame to grey 0..1, refusing oversized images before decoding.
 
-    Raises :class:`ApiError` 400 for bytes Pillow cannot read and 413 for images over ``max_pixels``.
+    Raises :class:`ApiError` 400 for bytes that are not an image of the accepted formats (or are
+    truncated or corrupt), 413 for images over ``max_pixels`` (Pillow's decompression-bomb limit is
+    set to it too, so a larger setting is honoured and the check happens on the header, before
+    decoding) and 422 for float images holding NaN or Inf.
     """
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pillow_pixel_limit(max_pixels):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise ApiError(413, f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
@@ -55,10 +86,10 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     except ApiError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ApiError(413, f"image too large to decode: {exc}") from None
+        raise ApiError(413, f"image too large to decode; the limit is {max_pixels} pixels ({exc})") from None
     except UnidentifiedImageError:
-        raise ApiError(400, "a file part is not an image Pillow can read (PNG, JPEG, BMP, GIF, WebP, TIFF)") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ApiError(400, f"a file part is not an image of the accepted formats: {ACCEPTED}") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types (struct.error, IndexError, ...)
         raise ApiError(400, f"image file is truncated or corrupt ({type(exc).__name__})") from None
 
 
@@ -66,8 +97,17 @@ def _resize(grey: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(grey, mode="F").resize((width, height), Image.Resampling.LANCZOS))
 
 
+def _check_grey(grey: np.ndarray) -> None:
+    """A grey image to preprocess: 2-D, at least one pixel, every pixel a finite number; else 422."""
+    if grey.ndim != 2 or grey.size == 0:
+        raise ApiError(422, f"image has shape {grey.shape}; expected at least one row and column of pixels")
+    if not np.isfinite(grey).all():
+        raise ApiError(422, "image holds NaN or infinite pixel values")
+
+
 def plain_28(grey: np.ndarray) -> np.ndarray:
     """Only resize to 28x28 (``preprocess=none``)."""
+    _check_grey(grey)
     return np.clip(_resize(grey, SIDE, SIDE), 0.0, 1.0).astype(np.float32)
 
 
@@ -78,6 +118,7 @@ def mnist_style(grey: np.ndarray) -> np.ndarray:
     below a fifth of the strongest ink is treated as noise, and the crop box holds the
     pixels of at least half the strongest ink. A blank image stays blank.
     """
+    _check_grey(grey)
     border = np.sort(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]]))
     middle = len(border) // 2
     background = float(border[middle] if len(border) % 2 else (border[middle - 1] + border[middle]) / 2)

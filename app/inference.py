@@ -10,6 +10,8 @@ is FastAPI's.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -29,6 +31,9 @@ log = logging.getLogger("aeserve")
 PREPROCESS = ("mnist", "none")
 MAX_SEED = 2**32 - 1
 MAX_NOISE_STD = 2.0
+# Sent with an answer given before the request body was read to its end: otherwise the server would
+# keep the connection and read the rest of a body it has refused, and the client would send it all.
+CLOSE = {"Connection": "close"}
 
 
 class ClientGoneError(Exception):
@@ -171,7 +176,7 @@ async def read_body(receive: Receive, declared: bytes | None, limit: int) -> byt
         if not declared.isdigit():
             raise ApiError(400, "Content-Length is not a number")
         if int(declared) > limit:
-            raise ApiError(413, f"request body is {int(declared)} bytes; the limit is {limit}")
+            raise ApiError(413, f"request body is {int(declared)} bytes; the limit is {limit}", CLOSE)
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -180,7 +185,7 @@ async def read_body(receive: Receive, declared: bytes | None, limit: int) -> byt
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, f"request body passes the limit of {limit} bytes")
+            raise ApiError(413, f"request body passes the limit of {limit} bytes", CLOSE)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -190,6 +195,17 @@ async def _send(send: Send, status: int, body: bytes, media: str, headers: list[
     start = [(b"content-type", media.encode()), (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body})
+
+
+@dataclass
+class Received:
+    """Whether a request's body has been read to its end."""
+
+    body: bool = False
+
+
+def _unread(received: Received) -> dict[str, str]:
+    return {} if received.body else CLOSE
 
 
 class InferenceRoutes:
@@ -209,21 +225,30 @@ class InferenceRoutes:
             body = error_body(f"{scope['method']} is not allowed on {scope['path']}; use POST")
             await _send(send, 405, body, JSON, [(b"allow", b"POST")])
             return
+        received = Received()
         try:
-            served, (body, media) = await self._answer(endpoint, scope, receive)
+            served, (body, media) = await self._answer(endpoint, scope, receive, received)
             status = 200
             headers = [(b"x-model", served.name.encode()), (b"x-model-version", str(served.version).encode())]
         except ClientGoneError:
             return
         except ApiError as exc:
             status, body, media = exc.status, error_body(exc.message), JSON
-            headers = [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
+            headers = [(k.lower().encode(), v.encode()) for k, v in ((exc.headers or {}) | _unread(received)).items()]
+        except asyncio.CancelledError:
+            # The server's graceful-shutdown time ran out with this request unanswered: say so, then stop.
+            body = error_body("the server is shutting down; retry")
+            with contextlib.suppress(Exception):
+                await _send(send, 503, body, JSON, [(b"retry-after", b"1"), (b"connection", b"close")])
+            raise
         except Exception:
             log.exception("unhandled error on POST %s", scope["path"])
             status, body, media, headers = 500, error_body("internal server error; the request was logged"), JSON, []
         await _send(send, status, body, media, headers)
 
-    async def _answer(self, endpoint: Endpoint, scope: Scope, receive: Receive) -> tuple[ServedModel, Body]:
+    async def _answer(
+        self, endpoint: Endpoint, scope: Scope, receive: Receive, received: Received
+    ) -> tuple[ServedModel, Body]:
         content_type = accept = length = None
         for key, value in scope["headers"]:
             if key == b"content-type":
@@ -236,5 +261,6 @@ class InferenceRoutes:
         media = negotiate(accept, endpoint.offered)
         served = self.registry.resolve(endpoint.name, params.dataset, params.model)
         body = await read_body(receive, length, self.limits.max_body_bytes)
+        received.body = True
         images = await read_images(content_type or "", body, self.limits, params.preprocess)
         return served, await endpoint.answer(served, images, media, params)

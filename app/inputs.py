@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import orjson
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartParser
 
@@ -74,7 +75,8 @@ def parse_json(body: bytes, limits: Limits) -> np.ndarray:
     if len(images) > limits.max_batch:
         raise ApiError(413, f"{len(images)} images in one request; the limit is {limits.max_batch}")
     try:
-        array = np.array(images, dtype=np.float32)
+        with np.errstate(over="ignore"):  # numbers beyond float32 become Inf, refused below as such
+            array = np.array(images, dtype=np.float32)
     except (ValueError, TypeError):
         raise ApiError(
             422,
@@ -100,8 +102,10 @@ def parse_npy(body: bytes, limits: Limits) -> np.ndarray:
         if version not in readers:
             raise ApiError(400, f".npy format version {version} is not supported; numpy.save writes 1.0")
         shape, _, dtype = readers[version](stream)
-    except (ValueError, SyntaxError, OverflowError) as exc:
-        raise ApiError(400, f".npy header is malformed ({exc})") from None
+    except ApiError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the header is a Python literal: its parser raises many types
+        raise ApiError(400, f".npy header is malformed ({type(exc).__name__}: {str(exc)[:120]})") from None
     if dtype.hasobject:
         raise ApiError(422, ".npy holds Python objects; only uint8 (0..255) or float (0..1) arrays are accepted")
     if not (dtype == np.uint8 or dtype.kind == "f"):
@@ -123,6 +127,13 @@ async def parse_multipart(content_type: str, body: bytes, limits: Limits, prepro
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "multipart Content-Type has no boundary parameter")
+    # The parser drops a part cut off before the closing boundary without a word (and leaves its temporary
+    # file open): a truncated body is malformed, refused before parsing.
+    if b"--" + boundary + b"--" not in body:
+        raise ApiError(400, "multipart body is truncated: its closing boundary is missing")
     parser = MultiPartParser(
         Headers({"content-type": content_type}),
         stream(),
@@ -133,6 +144,12 @@ async def parse_multipart(content_type: str, body: bytes, limits: Limits, prepro
     try:
         form = await parser.parse()
     except Exception as exc:  # noqa: BLE001 - the multipart parser raises several unrelated types
+        # starlette's own limits on parts: over a limit (413), not malformed
+        if str(exc).startswith("Too many files"):
+            most = limits.max_batch
+            raise ApiError(413, f"more than {most} images in one request; the limit is {most}") from None
+        if str(exc).startswith("Too many fields"):
+            raise ApiError(413, 'too many form fields besides the files; send only parts named "file"') from None
         raise ApiError(400, f"malformed multipart body ({exc})") from None
     try:
         files = [part for key, part in form.multi_items() if key == "file" and isinstance(part, UploadFile)]

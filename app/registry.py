@@ -202,7 +202,7 @@ class ModelLoadError(Exception):
 
 
 def verify_files(folder: Path) -> dict:
-    """Read the manifest and check every file it lists against its sha256; return the manifest."""
+    """Read the manifest, check every file it lists against its sha256 and that it lists every file; return it."""
     manifest_path = folder / "manifest.json"
     if not manifest_path.exists():
         raise ModelLoadError("manifest.json is missing")
@@ -213,6 +213,13 @@ def verify_files(folder: Path) -> dict:
     files = manifest.get("files") or {}
     if "saved_model.pb" not in files:
         raise ModelLoadError("manifest.json lists no saved_model.pb")
+    unlisted = sorted(
+        rel
+        for rel in (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        if rel != "manifest.json" and rel not in files
+    )
+    if unlisted:
+        raise ModelLoadError(f"{unlisted[0]} is not listed in manifest.json (added after the model was exported)")
     for rel, digest in files.items():
         path = folder / rel
         if not path.is_file():

@@ -30,14 +30,14 @@ def start(
     log: IO | None = None,
     timeout: float = 120.0,
 ) -> tuple[subprocess.Popen, str, float]:
-    """Run ``uvicorn target`` and wait for ``GET /readyz`` to answer 200.
+    """Run ``uvicorn target`` (through ``app.serve``, as ``make serve`` does); wait for ``GET /readyz`` to answer 200.
 
     Returns the process, its base URL and the seconds from start to ready.
     """
     port = free_port()
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port), *uvicorn_args],
+        [sys.executable, "-m", "app.serve", target, "--host", "127.0.0.1", "--port", str(port), *uvicorn_args],
         cwd=ROOT,
         env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"} | (env or {}),
         stdout=log or subprocess.DEVNULL,

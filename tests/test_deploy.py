@@ -135,7 +135,7 @@ def test_the_image_installs_through_make_install_only(tmp_path):
     assert len(installs) == 1 and installs[0].endswith("make install VENV=/opt/venv"), installs
     assert not [rest for rest in runs if re.search(r"\bpip3? install\b", rest)], "a second install path"
     assert "--from=build /opt/venv /opt/venv" in instruction_args(RUNTIME, "COPY")
-    assert exec_form(instruction_args(RUNTIME, "CMD")[0])[0] == "/opt/venv/bin/uvicorn"
+    assert exec_form(instruction_args(RUNTIME, "CMD")[0])[:3] == ["/opt/venv/bin/python", "-m", "app.serve"]
     # ...and `make install` is what `make serve` runs first: the dry run of serve is install's recipe, then uvicorn
     venv = tmp_path / "venv"
     install = make("-n", "install", f"VENV={venv}", capture_output=True, text=True)
@@ -143,7 +143,7 @@ def test_the_image_installs_through_make_install_only(tmp_path):
     assert install.returncode == 0 and serve.returncode == 0, install.stderr + serve.stderr
     assert f"{venv}/bin/python -m pip install --quiet -e ." in install.stdout
     assert serve.stdout.startswith(install.stdout)
-    assert serve.stdout[len(install.stdout) :].startswith(f"{venv}/bin/uvicorn app.main:app")
+    assert serve.stdout[len(install.stdout) :].startswith(f"{venv}/bin/python -m app.serve app.main:app")
 
 
 def test_the_image_runs_as_non_root_on_port_8000_with_a_healthcheck():
@@ -153,7 +153,7 @@ def test_the_image_runs_as_non_root_on_port_8000_with_a_healthcheck():
     assert uid.isdigit() and int(uid) > 0 and gid.isdigit() and int(gid) > 0
     assert instruction_args(RUNTIME, "EXPOSE") == ["8000"]
     cmd = exec_form(instruction_args(RUNTIME, "CMD")[0])
-    assert cmd[1:6] == ["app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+    assert cmd[3:8] == ["app.main:app", "--host", "0.0.0.0", "--port", "8000"]
     assert "--workers" not in cmd, "workers come from WEB_CONCURRENCY, an environment variable"
     (healthcheck,) = instruction_args(RUNTIME, "HEALTHCHECK")
     probe = exec_form(healthcheck)
@@ -388,7 +388,7 @@ def test_make_install_into_a_fresh_venv_then_serve_from_it(tmp_path, monkeypatch
 
     # start it as the image does: the CMD's uvicorn options and the image's environment, paths mapped here
     cmd = exec_form(instruction_args(RUNTIME, "CMD")[0])
-    options = cmd[2:]
+    options = cmd[4:]
     for flag in ("--host", "--port"):
         at = options.index(flag)
         del options[at : at + 2]

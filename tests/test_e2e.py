@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import time
 
 import httpx
@@ -48,8 +47,8 @@ def test_real_server(workers, tmp_path):
     finally:
         code = local_server.stop(process)
         log.close()
-    # uvicorn shuts down gracefully, then re-raises SIGTERM in a single-process server
-    assert code in (0, -signal.SIGTERM)
+    # a graceful stop exits 0 (app.serve: uvicorn itself would re-raise SIGTERM in a single-process server)
+    assert code == 0
     text = log_path.read_text()
     assert "Application shutdown complete" in text, (log_path, len(text))
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
