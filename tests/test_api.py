@@ -9,6 +9,8 @@ import pytest
 from helpers import as_json, multipart, npy_bytes, photo_of_digit, png_bytes
 from PIL import Image
 
+from app.registry import RANKING
+
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 NPY = {"content-type": "application/x-npy"}
 N = 16
@@ -179,11 +181,15 @@ async def test_batch_of_one_and_batch_at_the_limit(client, mnist_test):
 async def test_defaults_are_the_best_model_per_dataset(client):
     body = (await client.get("/models")).json()
     models = {m["name"]: m for m in body["models"]}
-    for dataset, chosen in body["defaults"].items():
-        for endpoint, name in chosen.items():
-            assert models[name]["dataset"] == dataset and endpoint in models[name]["endpoints"]
-    assert body["defaults"]["mnist"]["classify"] == "mnist-pretrained-classifier"
-    assert "cluster" not in body["defaults"]["fashion-mnist"]
+    for dataset in ("mnist", "fashion-mnist"):
+        for endpoint, (metric, higher_is_better) in RANKING.items():
+            serving = [m for m in models.values() if m["dataset"] == dataset and endpoint in m["endpoints"]]
+            if not serving:
+                assert endpoint not in body["defaults"][dataset]
+                continue
+            sign = 1 if higher_is_better else -1
+            best = max(serving, key=lambda m, metric=metric, sign=sign: sign * m["metrics"][metric])
+            assert body["defaults"][dataset][endpoint] == best["name"], (dataset, endpoint)
     assert all(m["status"] == "ready" for m in body["models"])
 
 

@@ -222,7 +222,7 @@ def test_touch_fashion_errors_and_phone_width(server: str, browser: Any, tmp_pat
     bogus.write_bytes(b"this is text, not a PNG")
     page.set_input_files("#file", str(bogus))
     page.wait_for_selector("#classify-error:not([hidden])")
-    assert "not an image Pillow can read" in page.inner_text("#classify-error")
+    assert "not an image of the accepted formats" in page.inner_text("#classify-error")
     assert "no model serves /cluster for fashion-mnist" in page.inner_text("#cluster-result").lower()
     assert page.inner_text("#classify-result") == ""  # nothing stale beside the error
     assert page.locator("#probabilities li").count() == 0

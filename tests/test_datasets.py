@@ -140,3 +140,28 @@ def test_real_datasets(data_dir, name):
     for file, digest in data.checksums.items():
         assert sums[f"{name}/{file}"] == digest
         assert hashlib.sha256((data_dir / name / file).read_bytes()).hexdigest() == digest
+
+
+def test_keras_fallback_reads_the_mnist_npz_without_pickle(tmp_path, monkeypatch):
+    import keras
+
+    from training import datasets
+
+    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    good = tmp_path / "mnist.npz"
+    np.savez(good, x_train=images, y_train=np.array([3, 4]), x_test=images[:1], y_test=np.array([5]))
+    fetched = []
+
+    def get_file(fname, origin, **kwargs):
+        fetched.append((fname, origin, kwargs.get("file_hash")))
+        return str(good)
+
+    monkeypatch.setattr(keras.utils, "get_file", get_file)
+    train, test = datasets._keras_download("mnist")
+    assert fetched == [("mnist.npz", datasets.KERAS_ORIGIN + "mnist.npz", datasets.KERAS_MNIST_SHA256)]
+    np.testing.assert_array_equal(train.images, images)
+    assert train.labels.tolist() == [3, 4] and test.labels.tolist() == [5]
+
+    np.savez(good, x_train=np.array([object()], dtype=object), y_train=np.array([1]), x_test=images, y_test=[1])
+    with pytest.raises(ValueError, match="allow_pickle"):
+        datasets._keras_download("mnist")

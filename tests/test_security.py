@@ -112,3 +112,16 @@ def test_real_server_refuses_to_start_without_models(tmp_path):
             env={"AESERVE_MODELS_DIR": str(tmp_path / "absent"), "AESERVE_REQUIRE_MODELS": "true"}, log=log, timeout=60
         )
     assert "AESERVE_REQUIRE_MODELS is set" in log_path.read_text()
+
+
+@pytest.mark.slow
+async def test_no_response_names_a_path_of_the_server(client, committed_app, tmp_path, data_dir):
+    paths = ["/models", "/readyz", "/v1/models/mnist-conv/metadata", "/v2/models/mnist-conv", "/openapi.json"]
+    paths += [f"/models/{model.name}" for model in committed_app.state.registry.latest_models()]
+    for path in paths:
+        text = (await client.get(path)).text
+        for secret in (str(MODELS_DIR.parent), str(data_dir)):
+            assert secret not in text, (path, secret)
+    empty = ready_app(models_dir=tmp_path / "absent")
+    async with client_of(empty) as http:
+        assert str(tmp_path) not in (await http.get("/readyz")).text

@@ -144,12 +144,29 @@ def load_split(folder: Path, split: str, strict_counts: bool = True) -> Split:
     return Split(images, labels)
 
 
-def _keras_download(name: str) -> tuple[Split, Split]:
-    import keras
+# Where keras.datasets downloads from: Fashion-MNIST as the same IDX files, MNIST as one .npz.
+KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+KERAS_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 
-    loader = {"mnist": keras.datasets.mnist, "fashion-mnist": keras.datasets.fashion_mnist}[name]
-    (xtr, ytr), (xte, yte) = loader.load_data()
-    return Split(xtr, ytr.astype(np.uint8)), Split(xte, yte.astype(np.uint8))
+
+def _keras_download(name: str) -> tuple[Split, Split]:
+    """The files keras.datasets would download (cached where Keras caches them), read without pickle.
+
+    ``keras.datasets.mnist.load_data`` opens its .npz with ``allow_pickle=True``; this reads the same
+    file with pickle refused, and Fashion-MNIST's IDX files with the loader above.
+    """
+    from keras.utils import get_file
+
+    if name == "fashion-mnist":
+        paths = [get_file(f, origin=KERAS_ORIGIN + f, cache_subdir="datasets/fashion-mnist") for f in FILES.values()]
+        folder = Path(paths[0]).parent
+        return load_split(folder, "train"), load_split(folder, "test")
+    path = get_file("mnist.npz", origin=KERAS_ORIGIN + "mnist.npz", file_hash=KERAS_MNIST_SHA256)
+    with np.load(path, allow_pickle=False) as arrays:
+        return (
+            Split(arrays["x_train"], arrays["y_train"].astype(np.uint8)),
+            Split(arrays["x_test"], arrays["y_test"].astype(np.uint8)),
+        )
 
 
 def split_validation(train: Split, val_size: int, seed: int) -> tuple[Split, Split]:

@@ -53,8 +53,16 @@ def describe(registry: Registry, name: str) -> dict:
         }
     if "clusters" in manifest:
         entry["clusters"] = {k: manifest["clusters"][k] for k in ("n_clusters", "label_hints")}
-    entry["manifest"] = manifest
+    entry["manifest"] = _public(manifest)
     return entry
+
+
+def _public(manifest: dict) -> dict:
+    """The manifest without the file system path the training read its data from (only the folder name)."""
+    data = manifest.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("source"), str) or "/" not in data["source"]:
+        return manifest
+    return manifest | {"data": data | {"source": data["source"].rstrip("/").rsplit("/", 1)[-1]}}
 
 
 @router.get("/models", summary="Every model with its manifest summary and status")
