@@ -41,7 +41,8 @@ def draw_digit(digit: int, seed: int) -> Image.Image:
 
 
 def write_inputs() -> None:
-    """examples/seven.png, examples/zero.png, examples/digits.npy (uint8 3x28x28), examples/digit.json."""
+    """examples/seven.png, examples/zero.png, examples/digits.npy (uint8 3x28x28), examples/digit.json, and the
+    same digits as a TF Serving request (examples/tfserving.json) and an Open Inference Protocol one (v2.json)."""
     from app.imaging import mnist_style
 
     EXAMPLES.mkdir(exist_ok=True)
@@ -52,6 +53,12 @@ def write_inputs() -> None:
     np.save(EXAMPLES / "digits.npy", (batch * 255).round().astype(np.uint8))
     flat = (batch[2] * 255).round().astype(int).reshape(-1).tolist()
     (EXAMPLES / "digit.json").write_text(json.dumps({"images": [flat], "pixel_scale": 255}) + "\n")
+    pixels = batch.astype(np.float64).round(4)
+    tfserving = {"signature_name": "serving_default", "instances": pixels[1:].tolist()}
+    (EXAMPLES / "tfserving.json").write_text(json.dumps(tfserving) + "\n")
+    tensor = {"name": "images", "shape": [3, 784], "datatype": "FP32", "data": pixels.reshape(-1).tolist()}
+    v2 = {"id": "42", "inputs": [tensor], "outputs": [{"name": "codes"}]}
+    (EXAMPLES / "v2.json").write_text(json.dumps(v2) + "\n")
 
 
 def shorten(value, width: int = 4):
@@ -148,6 +155,18 @@ EXAMPLE_RUNS = [
         "-H 'Content-Type: application/x-npy' --data-binary @examples/digits.npy",
         "/classify?dataset=fashion-mnist",
         body("digits.npy", NPY),
+    ),
+    (
+        "TensorFlow Serving's REST API: predict, row format (every output of the signature, per instance)",
+        "-d @examples/tfserving.json",
+        "/v1/models/mnist-stacked:predict",
+        body("tfserving.json", JSON),
+    ),
+    (
+        "Open Inference Protocol (KServe V2): infer, only the codes",
+        "-H 'Content-Type: application/json' -d @examples/v2.json",
+        "/v2/models/mnist-conv/infer",
+        body("v2.json", JSON),
     ),
     (
         "An error: an image of the wrong shape",
