@@ -84,7 +84,7 @@ def loads(folder: Path) -> dict[str, Load]:
         ),
         "npy /encode, 1024 images": Load(encode, "application/x-npy", npy, 1024, NPY, (ceiling, ours)),
         BATCH_JSON: Load(encode, "application/json", batch_json, 1024, servers=(naive,)),
-        "npy /encode, 1024 images, default model (mnist-conv)": Load(
+        "npy /encode, 1024 images, the default model": Load(
             "/encode", "application/x-npy", npy, 1024, NPY, (ours,)
         ),
     }
