@@ -22,8 +22,10 @@ OUTPUTS_FOR = {
     "reconstruct": {"reconstruction"},
     "denoise": {"denoised"},
     "classify": {"probabilities"},
-    "cluster": {"distances", "cluster"},
+    "cluster": {"cluster"},
 }
+# A clustering model gives each image its distances to the centres (KMeans) or its posterior (a mixture).
+CLUSTER_SCORES = {"distances", "cluster_probabilities"}
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +51,16 @@ def test_committed_model(name, datasets):
     assert spec_in.name == "images" and spec_in.dtype == tf.float32 and spec_in.shape.as_list() == [None, 28, 28]
     expected_outputs = set().union(*(OUTPUTS_FOR[e] for e in spec.endpoints))
     assert expected_outputs <= set(signature.structured_outputs)
+    if "cluster" in spec.endpoints:
+        assert len(CLUSTER_SCORES & set(signature.structured_outputs)) == 1
+        assert manifest["clusters"]["output"] in signature.structured_outputs
 
-    metrics = evaluate(signature_predict(signature), datasets[spec.dataset], spec.config.get("noise_std", 0.6))
+    # a config's ood_dataset adds the test split's ood_auroc (the other dataset's test images as outliers)
+    ood = spec.config.get("ood_dataset")
+    outliers = datasets[ood].test.pixels() if ood else None
+    metrics = evaluate(
+        signature_predict(signature), datasets[spec.dataset], spec.config.get("noise_std", 0.6), outliers
+    )
     for floor in spec.floors:
         got = metrics[floor.split][floor.metric]
         assert floor.holds(metrics), f"{name}: {floor.describe()} but got {got:.4f}"
@@ -60,9 +70,16 @@ def test_committed_model(name, datasets):
         ind = manifest["in_distribution"]
         assert json.loads((folder / ind["file"]).read_text())["threshold"] == ind["threshold"]
         assert 0 <= ind["test_false_positive_rate"] < 0.05
+        if ood:
+            assert 0 <= ind["outlier_detection_rate"] <= 1 and ind["outlier_dataset"] == f"{ood} test"
     if "cluster" in spec.endpoints:
         with np.load(folder / manifest["clusters"]["file"], allow_pickle=False) as arrays:
-            assert arrays["centres"].shape == (10, manifest["latent_dim"])
+            if manifest["clusters"]["output"] == "distances":
+                assert arrays["centres"].shape == (10, manifest["latent_dim"])
+            else:
+                k, d = arrays["means"].shape
+                assert k == 10 and arrays["precisions_cholesky"].shape == (k, d, d)
+                assert arrays["weights"].sum() == pytest.approx(1.0, abs=1e-5)
         assert set(manifest["clusters"]["label_hints"]) <= set(datasets[spec.dataset].class_names)
 
 

@@ -19,6 +19,7 @@ AUTOENCODERS = {
     "tied_fashion": (recipes.tied_fashion, 30),
     "layerwise_phase1_fashion": (recipes.layerwise_phase1_fashion, 100),
     "conv_mnist": (recipes.conv_mnist, 196),
+    "conv_small": (lambda: recipes.conv_autoencoder("conv_small", 32), 32),
 }
 
 
@@ -131,3 +132,67 @@ def test_classifier_serving_model():
     encoder = recipes.pretraining_autoencoder_mnist().get_layer("encoder")
     out = recipes.serving_model(recipes.classifier_on_encoder(encoder, "c"), "classifier")(BATCH)
     assert tuple(out["codes"].shape) == (3, 64) and tuple(out["probabilities"].shape) == (3, 10)
+
+
+def test_conv_classifier_augments_only_in_training():
+    encoder = recipes.conv_autoencoder("pretraining", 16, (4, 8), code_activation="relu").get_layer("encoder")
+    augment = recipes.augmentation(rotation_degrees=10.0, shift=0.1, flip=True)
+    classifier = recipes.conv_classifier(encoder, "c", augment, dropout=0.5)
+    assert classifier.output_shape == (None, 10)
+    np.testing.assert_allclose(np.asarray(augment(BATCH, training=False)), BATCH)
+    assert not np.allclose(np.asarray(augment(BATCH, training=True)), BATCH)
+    out = recipes.serving_model(classifier, "classifier")(BATCH)
+    assert tuple(out["codes"].shape) == (3, 16) and tuple(out["probabilities"].shape) == (3, 10)
+    # the exported graph holds no augmentation and gives what the classifier gives at inference
+    at_inference = np.asarray(classifier(BATCH, training=False))
+    np.testing.assert_allclose(np.asarray(out["probabilities"]), at_inference, rtol=1e-5)
+
+
+def test_conv_denoiser_serving_outputs():
+    model = recipes.conv_denoiser("d", (8, 16), code_channels=4)
+    out = recipes.denoiser_serving(model)(BATCH)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"codes": (3, 7 * 7 * 4), "denoised": (3, 28, 28)}
+    values = np.asarray(out["denoised"])
+    assert values.min() >= 0.0 and values.max() <= 1.0
+
+
+def test_gaussian_mixture_head_matches_scikit_learn():
+    from sklearn.mixture import GaussianMixture
+
+    from training.layers import GaussianMixtureHead
+
+    rng = np.random.default_rng(3)
+    points = np.concatenate([rng.normal(loc, scale, size=(60, 3)) for loc, scale in ((0, 1), (4, 0.5), (-3, 2))])
+    gmm = GaussianMixture(3, covariance_type="full", random_state=0).fit(points)
+    head = GaussianMixtureHead(gmm.means_, gmm.precisions_cholesky_, gmm.weights_)
+    posterior, component = head(points.astype(np.float32))
+    np.testing.assert_allclose(np.asarray(posterior), gmm.predict_proba(points), atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(component), gmm.predict(points))
+
+
+def test_gmm_serving_outputs():
+    encoder = recipes.conv_autoencoder("a", 32, (4, 8)).get_layer("encoder")
+    embedder = recipes.embedding_network(32, 10, hidden=16)
+    rng = np.random.default_rng(4)
+    means = rng.normal(size=(10, 10))
+    precisions_cholesky = np.stack([np.eye(10)] * 10)
+    out = recipes.gmm_serving(encoder, embedder, means, precisions_cholesky, np.full(10, 0.1), "g")(BATCH)
+    shapes = {k: tuple(v.shape) for k, v in out.items()}
+    assert shapes == {"codes": (3, 32), "embedding": (3, 10), "cluster_probabilities": (3, 10), "cluster": (3,)}
+    # equal weights and identity covariances: the most likely component is the nearest mean
+    embedding = np.asarray(out["embedding"])
+    nearest = np.linalg.norm(embedding[:, None] - means[None], axis=-1).argmin(axis=1)
+    np.testing.assert_array_equal(np.asarray(out["cluster"]), nearest)
+
+
+def test_mixture_trainer_keeps_the_mixture_fixed():
+    embedder = recipes.embedding_network(32, 10, hidden=16)
+    mixture = {
+        "means": np.zeros((10, 10), np.float32),
+        "precisions_cholesky": np.stack([np.eye(10, dtype=np.float32)] * 10),
+        "weights": np.full(10, 0.1, np.float32),
+    }
+    trainer = recipes.mixture_trainer(embedder, mixture, keras.Input((32,), name="codes"))
+    out = trainer(np.random.default_rng(5).normal(size=(4, 32)).astype(np.float32))
+    assert tuple(out["embedding"].shape) == (4, 10) and tuple(out["cluster_probabilities"].shape) == (4, 10)
+    assert {id(w) for w in trainer.trainable_weights} == {id(w) for w in embedder.trainable_weights}

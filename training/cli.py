@@ -72,6 +72,7 @@ def _train(args) -> int:
 
     from training import zoo
     from training.datasets import load_dataset
+    from training.evaluate import outlier_images
     from training.export import export
     from training.procedures import Context
 
@@ -97,7 +98,8 @@ def _train(args) -> int:
         trained = spec.train(data, config, ctx)
         trained.notes["config"] = config
         wall = time.perf_counter() - start
-        folder = export(spec, trained, data, ctx, args.models_dir, args.version, wall)
+        outliers = outlier_images(spec.config, args.data_dir)
+        folder = export(spec, trained, data, ctx, args.models_dir, args.version, wall, outliers)
         manifest = json.loads((folder / "manifest.json").read_text())
         floors = manifest["reference"]["floors"]
         status = "ok" if all(f["holds"] for f in floors) else "BELOW FLOOR"
@@ -114,7 +116,7 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from training import zoo
     from training.datasets import load_dataset
-    from training.evaluate import evaluate, load_saved_model, read_manifest
+    from training.evaluate import evaluate, load_saved_model, outlier_images, read_manifest
     from training.registry import committed_models
 
     failed = 0
@@ -125,7 +127,12 @@ def _evaluate(args) -> int:
         spec = zoo.get(manifest["name"])
         if spec.dataset not in datasets:
             datasets[spec.dataset] = load_dataset(spec.dataset, args.data_dir)
-        metrics = evaluate(load_saved_model(folder), datasets[spec.dataset], spec.config.get("noise_std", 0.6))
+        metrics = evaluate(
+            load_saved_model(folder),
+            datasets[spec.dataset],
+            spec.config.get("noise_std", 0.6),
+            outlier_images(spec.config, args.data_dir),
+        )
         for floor in spec.floors:
             holds = floor.holds(metrics)
             failed += not holds

@@ -44,8 +44,14 @@ def noisy_images(images: np.ndarray, std: float, seed: int = TEST_NOISE_SEED) ->
     return np.clip(images + rng.normal(0.0, std, images.shape).astype(np.float32), 0.0, 1.0)
 
 
-def split_metrics(predict: Predict, split: Split, noise_std: float) -> dict[str, float]:
-    """Every metric the model's outputs allow, on one split."""
+def split_metrics(
+    predict: Predict, split: Split, noise_std: float, outliers: np.ndarray | None = None
+) -> dict[str, float]:
+    """Every metric the model's outputs allow, on one split.
+
+    ``outliers`` (images of another dataset) adds ``ood_auroc``: how well the per-image
+    reconstruction error tells them from this split's images.
+    """
     clean = split.pixels()
     out = predict(clean)
     result: dict[str, float] = {"examples": len(split)}
@@ -56,6 +62,9 @@ def split_metrics(predict: Predict, split: Split, noise_std: float) -> dict[str,
             psnr_db=m.psnr_db(errors.mean()),
             rounded_accuracy=m.rounded_accuracy(clean, out["reconstruction"]),
         )
+        if outliers is not None:
+            outlier_errors = m.per_image_mse(outliers, predict(outliers)["reconstruction"])
+            result["ood_auroc"] = m.auroc(errors, outlier_errors)
     if "denoised" in out:
         noisy = noisy_images(clean, noise_std)
         denoised = predict(noisy)["denoised"]
@@ -77,16 +86,30 @@ def split_metrics(predict: Predict, split: Split, noise_std: float) -> dict[str,
     return result
 
 
-def evaluate(predict: Predict, data: Dataset, noise_std: float = 0.6) -> dict[str, dict[str, float]]:
-    """Metrics on the validation and the test split."""
-    return {"val": split_metrics(predict, data.val, noise_std), "test": split_metrics(predict, data.test, noise_std)}
+def evaluate(
+    predict: Predict, data: Dataset, noise_std: float = 0.6, outliers: np.ndarray | None = None
+) -> dict[str, dict[str, float]]:
+    """Metrics on the validation and the test split; ``outliers`` adds the test split's ``ood_auroc``."""
+    return {
+        "val": split_metrics(predict, data.val, noise_std),
+        "test": split_metrics(predict, data.test, noise_std, outliers),
+    }
 
 
-def error_quantiles(predict: Predict, data: Dataset) -> dict | None:
+def outlier_images(config: dict, data_dir: str | None = None) -> np.ndarray | None:
+    """The test images of the dataset a recipe's config names as out-of-distribution (``ood_dataset``)."""
+    from training.datasets import load_dataset
+
+    name = config.get("ood_dataset")
+    return load_dataset(name, data_dir, allow_download=False).test.pixels() if name else None
+
+
+def error_quantiles(predict: Predict, data: Dataset, outliers: np.ndarray | None = None) -> dict | None:
     """Training-set reconstruction-error quantiles and the ``in_distribution`` threshold.
 
     The threshold is the training set's 99th percentile of per-image MSE; the
-    false-positive rate is the share of clean test images above it.
+    false-positive rate is the share of clean test images above it. With ``outliers``,
+    the share of them above it (flagged as not in distribution) is added.
     """
     train = predict(data.train.pixels())
     if "reconstruction" not in train:
@@ -94,13 +117,17 @@ def error_quantiles(predict: Predict, data: Dataset) -> dict | None:
     errors = m.per_image_mse(data.train.pixels(), train["reconstruction"])
     threshold = float(np.quantile(errors, THRESHOLD_QUANTILE))
     test_errors = m.per_image_mse(data.test.pixels(), predict(data.test.pixels())["reconstruction"])
-    return {
+    result = {
         "metric": "per-image MSE of the reconstruction",
         "quantiles": {str(q): float(np.quantile(errors, q)) for q in QUANTILES},
         "threshold_quantile": THRESHOLD_QUANTILE,
         "threshold": threshold,
         "test_false_positive_rate": float(np.mean(test_errors > threshold)),
     }
+    if outliers is not None:
+        outlier_errors = m.per_image_mse(outliers, predict(outliers)["reconstruction"])
+        result["outlier_detection_rate"] = float(np.mean(outlier_errors > threshold))
+    return result
 
 
 def read_manifest(model_dir: Path) -> dict:

@@ -164,6 +164,13 @@ def build_manifest(
     }
     if quantiles is not None:
         manifest["in_distribution"] = {"file": "reconstruction_errors.json", **quantiles}
+    if trained.mixture is not None:
+        manifest["clusters"] = {
+            "file": "clusters.npz",
+            "n_clusters": len(trained.mixture["means"]),
+            "output": "cluster_probabilities",
+            "label_hints": [data.class_names[k] if k >= 0 else "" for k in trained.label_hints],
+        }
     if trained.centres is not None:
         manifest["clusters"] = {
             "file": "clusters.npz",
@@ -182,10 +189,13 @@ def export(
     models_dir: Path,
     version: int = 1,
     wall_time_s: float = 0.0,
+    outliers: np.ndarray | None = None,
 ) -> Path:
     """Export, reload, evaluate through the reloaded graph, write extras and manifest; returns the folder.
 
-    The new version replaces an old one of the same number only once it is complete.
+    ``outliers`` (another dataset's test images, for recipes whose config names an
+    ``ood_dataset``) adds the out-of-distribution AUROC and detection rate. The new version
+    replaces an old one of the same number only once it is complete.
     """
     target = models_dir / spec.name / str(version)
     staging = target.with_name(f".{version}.staging")
@@ -195,14 +205,22 @@ def export(
 
     predict = load_saved_model(staging)
     noise_std = spec.config.get("noise_std", 0.6)
-    metrics = evaluate(predict, data, noise_std=noise_std)
-    quantiles = error_quantiles(predict, data) if "reconstruct" in spec.endpoints else None
+    metrics = evaluate(predict, data, noise_std=noise_std, outliers=outliers)
+    quantiles = error_quantiles(predict, data, outliers) if "reconstruct" in spec.endpoints else None
+    if quantiles is not None and outliers is not None:
+        quantiles["outlier_dataset"] = f"{spec.config['ood_dataset']} test"
     if quantiles is not None:
         (staging / "reconstruction_errors.json").write_text(json.dumps(quantiles, indent=2) + "\n")
     if trained.centres is not None:
         np.savez(
             staging / "clusters.npz",
             centres=trained.centres,
+            label_hints=np.asarray(trained.label_hints, dtype=np.int64),
+        )
+    if trained.mixture is not None:
+        np.savez(
+            staging / "clusters.npz",
+            **trained.mixture,
             label_hints=np.asarray(trained.label_hints, dtype=np.int64),
         )
 

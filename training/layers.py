@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -83,3 +84,42 @@ class ClusterHead(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.n_clusters), (input_shape[0],)
+
+
+class GaussianMixtureHead(keras.layers.Layer):
+    """Posterior of a fitted Gaussian mixture with full covariances, and its most likely component.
+
+    Takes scikit-learn's parametrisation: ``means [K,d]``, ``precisions_cholesky [K,d,d]``
+    (``P_k`` with ``P_k P_k^T`` the inverse covariance) and ``weights [K]``; the log density of
+    component ``k`` is ``log w_k + sum(log diag P_k) - (d log 2π + |(x - μ_k) P_k|²) / 2``.
+    """
+
+    def __init__(self, means, precisions_cholesky, weights, **kwargs):
+        super().__init__(**kwargs)
+        self.n_components, self.dim = means.shape
+        self._initial = {
+            "means": np.asarray(means, np.float32),
+            "precisions_cholesky": np.asarray(precisions_cholesky, np.float32),
+            "log_weights": np.log(np.asarray(weights, np.float64)).astype(np.float32),
+        }
+
+    def build(self, input_shape):
+        for name, value in self._initial.items():
+            setattr(
+                self,
+                name,
+                self.add_weight(
+                    name=name, shape=value.shape, initializer=keras.initializers.Constant(value), trainable=False
+                ),
+            )
+
+    def call(self, points):
+        projected = ops.einsum("nd,kde->nke", points, self.precisions_cholesky)
+        shift = ops.einsum("kd,kde->ke", self.means, self.precisions_cholesky)
+        squared = ops.sum(ops.square(projected - ops.expand_dims(shift, 0)), axis=-1)
+        log_det = ops.sum(ops.log(ops.diagonal(self.precisions_cholesky, axis1=1, axis2=2)), axis=-1)
+        log_joint = self.log_weights + log_det - 0.5 * (self.dim * np.log(2 * np.pi) + squared)
+        return ops.softmax(log_joint, axis=-1), ops.cast(ops.argmax(log_joint, axis=-1), "int32")
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.n_components), (input_shape[0],)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import normalized_mutual_info_score
+from sklearn.metrics import normalized_mutual_info_score, roc_auc_score
 
 
 def per_image_mse(images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
@@ -63,3 +63,10 @@ def majority_labels(labels: np.ndarray, clusters: np.ndarray, n_clusters: int) -
         members = labels[clusters == k]
         result.append(int(np.bincount(members, minlength=10).argmax()) if len(members) else -1)
     return result
+
+
+def auroc(inlier_scores: np.ndarray, outlier_scores: np.ndarray) -> float:
+    """Area under the ROC curve of telling outliers (higher score) from inliers by a score."""
+    scores = np.concatenate([inlier_scores, outlier_scores])
+    is_outlier = np.concatenate([np.zeros(len(inlier_scores)), np.ones(len(outlier_scores))])
+    return float(roc_auc_score(is_outlier, scores))

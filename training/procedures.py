@@ -7,6 +7,7 @@ gets exported.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,11 +16,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 from sklearn.cluster import KMeans
+from sklearn.mixture import GaussianMixture
 
 from training import recipes
 from training.datasets import Dataset
 from training.layers import Standardize
-from training.metrics import majority_labels, per_image_mse
+from training.metrics import cluster_accuracy, majority_labels, per_image_mse
 
 
 @dataclass
@@ -49,11 +51,12 @@ class Trained:
     history: dict[str, dict[str, list[float]]]
     centres: np.ndarray | None = None
     label_hints: list[int] | None = None
+    mixture: dict[str, np.ndarray] | None = None
     notes: dict = field(default_factory=dict)
 
 
-def optimizer(name: str, lr: float) -> keras.optimizers.Optimizer:
-    """The optimiser a recipe names, at its learning rate."""
+def optimizer(name: str, lr) -> keras.optimizers.Optimizer:
+    """The optimiser a recipe names, at its learning rate (a number or a schedule)."""
     return {"rmsprop": keras.optimizers.RMSprop, "sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam}[name](lr)
 
 
@@ -70,10 +73,19 @@ def fit(model, x, y, val, cfg: dict, ctx: Context, phase: str, loss="mse", metri
     """Compile and fit one phase, printing its wall time; returns the Keras history.
 
     ``x`` may be a batched ``tf.data.Dataset`` of ``(input, target)`` (``y`` is then None).
+    ``cfg["schedule"] == "cosine"`` decays the learning rate to zero over the phase's steps.
     """
-    model.compile(optimizer=optimizer(cfg["optimizer"], cfg["lr"]), loss=loss, metrics=metrics or [])
     epochs = ctx.epochs(cfg["epochs"])
-    print(f"  {phase}: {cfg['optimizer']} lr {cfg['lr']}, batch {cfg['batch_size']}, {epochs} epochs", flush=True)
+    lr = cfg["lr"]
+    if cfg.get("schedule") == "cosine":
+        steps = int(x.cardinality()) if isinstance(x, tf.data.Dataset) else math.ceil(len(x) / cfg["batch_size"])
+        lr = keras.optimizers.schedules.CosineDecay(cfg["lr"], decay_steps=epochs * steps)
+    model.compile(optimizer=optimizer(cfg["optimizer"], lr), loss=loss, metrics=metrics or [])
+    schedule = f" ({cfg['schedule']} decay)" if cfg.get("schedule") else ""
+    print(
+        f"  {phase}: {cfg['optimizer']} lr {cfg['lr']}{schedule}, batch {cfg['batch_size']}, {epochs} epochs",
+        flush=True,
+    )
     # a tf.data pipeline shuffles itself (and Keras ignores shuffle for it)
     batching = (
         {"shuffle": False} if isinstance(x, tf.data.Dataset) else {"batch_size": cfg["batch_size"], "shuffle": True}
@@ -276,6 +288,147 @@ def train_kmeans_mnist(data: Dataset, cfg: dict, ctx: Context) -> Trained:
 
 def train_conv_mnist(data: Dataset, cfg: dict, ctx: Context) -> Trained:
     return _train_clustered(data, cfg, ctx, recipes.conv_mnist, "autoencoder", standardized_target=False)
+
+
+def _model_name(data: Dataset, recipe: str) -> str:
+    return f"{data.name}_{recipe}".replace("-", "_")
+
+
+def train_conv_classifier(data: Dataset, cfg: dict, ctx: Context) -> Trained:
+    """Pretrain a convolutional autoencoder, then fine-tune its encoder with a softmax head on labels.
+
+    Fine-tuning sees augmented images (random rotation, shift, optionally flips), active only in training.
+    """
+    x, xv = data.train.pixels(), data.val.pixels()
+    autoencoder = recipes.conv_autoencoder(
+        _model_name(data, "conv_pretraining"),
+        cfg["code_dim"],
+        tuple(cfg["filters"]),
+        code_activation="relu",
+        batch_norm=cfg["batch_norm"],
+    )
+    pretrain = fit(autoencoder, x, x, (xv, xv), cfg["pretrain"], ctx, "pretrain (autoencoder)")
+    classifier = recipes.conv_classifier(
+        autoencoder.get_layer("encoder"),
+        _model_name(data, "conv_classifier"),
+        recipes.augmentation(**cfg["augment"]),
+        cfg["dropout"],
+    )
+    finetune = fit(
+        classifier,
+        x,
+        data.train.labels,
+        (xv, data.val.labels),
+        cfg["finetune"],
+        ctx,
+        "fine-tune (augmented)",
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return Trained(recipes.serving_model(classifier, "classifier"), {"pretrain": pretrain, "finetune": finetune})
+
+
+def train_conv_autoencoder(data: Dataset, cfg: dict, ctx: Context) -> Trained:
+    """Convolutional autoencoder with a small dense code (MSE, cosine-decayed Adam)."""
+    x, xv = data.train.pixels(), data.val.pixels()
+    model = recipes.conv_autoencoder(_model_name(data, "conv_small"), cfg["code_dim"], tuple(cfg["filters"]))
+    history = fit(model, x, x, (xv, xv), cfg, ctx, "autoencoder")
+    ctx.trained[f"{data.name}-conv-small"] = model  # the clustering model reuses its encoder
+    return Trained(recipes.serving_model(model, "autoencoder"), {"autoencoder": history})
+
+
+def train_conv_denoiser(data: Dataset, cfg: dict, ctx: Context) -> Trained:
+    """The U-Net denoiser on fresh Gaussian noise every pass, input clipped to 0..1, target clean."""
+    x, xv = data.train.pixels(), data.val.pixels()
+    model = recipes.conv_denoiser(_model_name(data, "conv_denoiser"), tuple(cfg["filters"]), cfg["code_channels"])
+    batches = noisy_batches(x, cfg["noise_std"], cfg["batch_size"], ctx.seed)
+    val = (_noisy(xv, cfg["noise_std"], ctx.seed + 1), xv)
+    # binary cross-entropy: with MSE the sigmoid output collapses to blank images and its gradient vanishes
+    history = fit(model, batches, None, val, cfg, ctx, "denoiser", loss=cfg["loss"])
+    return Trained(recipes.denoiser_serving(model), {"denoiser": history})
+
+
+def train_umap_gmm(data: Dataset, cfg: dict, ctx: Context) -> Trained:
+    """Autoencoder codes, UMAP of the training codes, a full-covariance Gaussian mixture on it.
+
+    A small network then learns to map codes to the UMAP embedding (parametric UMAP), so new
+    images go through one graph: encoder, embedding network, the mixture's posterior. It is
+    trained on the embedding (MSE) and on the mixture's posterior of each training image
+    (cross-entropy through the fixed mixture head), then fine-tuned end to end with the encoder
+    on augmented images (self-training on the mixture's own assignments). Labels are used only
+    to name each component's majority class (``label_hint``) and to report.
+    """
+    import umap  # the training extra; only this recipe needs it
+
+    key = f"{data.name}-conv-small"
+    if key not in ctx.trained:
+        print(f"  pretraining: the {key} autoencoder", flush=True)
+        train_conv_autoencoder(data, cfg["autoencoder"], ctx)
+    encoder = ctx.trained[key].get_layer("encoder")
+    x, xv = data.train.pixels(), data.val.pixels()
+    codes = encoder.predict(x, verbose=0, batch_size=1000)
+    codes_val = encoder.predict(xv, verbose=0, batch_size=1000)
+
+    start = time.perf_counter()
+    reducer = umap.UMAP(
+        n_components=cfg["embedding_dim"],
+        n_neighbors=cfg["n_neighbors"],
+        min_dist=cfg["min_dist"],
+        random_state=ctx.seed,
+    )
+    embedding = reducer.fit_transform(codes).astype(np.float32)
+    embedding_val = reducer.transform(codes_val).astype(np.float32)
+    print(f"  UMAP to {cfg['embedding_dim']}-d: {time.perf_counter() - start:.1f} s", flush=True)
+
+    start = time.perf_counter()
+    gmm = GaussianMixture(
+        cfg["n_clusters"], covariance_type="full", n_init=cfg["gmm_n_init"], random_state=ctx.seed
+    ).fit(embedding)
+    print(f"  Gaussian mixture: {time.perf_counter() - start:.1f} s", flush=True)
+    mixture = {
+        "means": gmm.means_.astype(np.float32),
+        "precisions_cholesky": gmm.precisions_cholesky_.astype(np.float32),
+        "weights": gmm.weights_.astype(np.float32),
+    }
+    targets = {"embedding": embedding, "cluster_probabilities": gmm.predict_proba(embedding).astype(np.float32)}
+    targets_val = {
+        "embedding": embedding_val,
+        "cluster_probabilities": gmm.predict_proba(embedding_val).astype(np.float32),
+    }
+    losses = {"embedding": "mse", "cluster_probabilities": "categorical_crossentropy"}
+
+    embedder = recipes.embedding_network(codes.shape[1], cfg["embedding_dim"], cfg["hidden"])
+    on_codes = recipes.mixture_trainer(embedder, mixture, keras.Input((codes.shape[1],), name="codes"))
+    history = {
+        "parametric": fit(
+            on_codes, codes, targets, (codes_val, targets_val), cfg["parametric"], ctx, "parametric map", loss=losses
+        )
+    }
+    if cfg["self_training"]["epochs"]:
+        augment = recipes.augmentation(**cfg["self_training"]["augment"])
+        images = keras.Input(recipes.IMAGE_SHAPE, name="images")
+        end_to_end = recipes.mixture_trainer(keras.Sequential([augment, encoder, embedder]), mixture, images)
+        history["self_training"] = fit(
+            end_to_end,
+            x,
+            targets,
+            (xv, targets_val),
+            cfg["self_training"],
+            ctx,
+            "self-training (augmented)",
+            loss=losses,
+        )
+
+    serving = recipes.gmm_serving(encoder, embedder, **mixture, name=_model_name(data, "umap_gmm"))
+    assigned = gmm.predict(embedding)
+    served = serving.predict(x, verbose=0, batch_size=1000)["cluster"]
+    hints = majority_labels(data.train.labels, served, cfg["n_clusters"])
+    notes = {
+        "umap_gmm_train_cluster_acc": cluster_accuracy(data.train.labels, assigned),
+        "served_train_cluster_acc": cluster_accuracy(data.train.labels, served),
+        "served_agreement_with_umap_gmm_train": float(np.mean(served == assigned)),
+    }
+    return Trained(serving, history, label_hints=hints, mixture=mixture, notes=notes)
 
 
 STACKED_FASHION = {"optimizer": "sgd", "lr": 1.5, "batch_size": 32, "epochs": 20}

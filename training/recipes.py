@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from training.layers import ClusterHead, DenseTranspose, Destandardize, Standardize
+from training.layers import ClusterHead, DenseTranspose, Destandardize, GaussianMixtureHead, Standardize
 
 IMAGE_SHAPE = (28, 28)
 
@@ -159,6 +159,142 @@ def conv_mnist() -> keras.Model:
     return keras.Model(images, decoder(encoder(images)), name="mnist_conv")
 
 
+def conv_autoencoder(
+    name: str,
+    code_dim: int,
+    filters: tuple[int, int] = (32, 64),
+    code_activation: str | None = None,
+    batch_norm: bool = False,
+) -> keras.Model:
+    """Convolutional autoencoder with a dense code of ``code_dim`` numbers.
+
+    Encoder: 3x3 convolutions ``f1``, ``f1`` stride 2 (14x14), ``f2``, ``f2`` stride 2 (7x7), relu
+    (after batch normalisation when ``batch_norm``), then a dense code. Decoder: dense to
+    7x7x``f2``, two 3x3 transposed convolutions of stride 2 (``f1`` filters each, back to 28x28),
+    a 3x3 sigmoid convolution to one channel.
+    """
+    f1, f2 = filters
+    images = keras.Input(IMAGE_SHAPE, name="images")
+    x = layers.Reshape((28, 28, 1), name="add_channel")(images)
+    for i, (n_filters, stride) in enumerate(((f1, 1), (f1, 2), (f2, 1), (f2, 2))):
+        conv_name = f"encoder_conv_{i + 1}"
+        if batch_norm:
+            x = layers.Conv2D(n_filters, 3, strides=stride, padding="same", use_bias=False, name=conv_name)(x)
+            x = layers.BatchNormalization(name=f"{conv_name}_batch_norm")(x)
+            x = layers.ReLU(name=f"{conv_name}_relu")(x)
+        else:
+            x = layers.Conv2D(n_filters, 3, strides=stride, padding="same", activation="relu", name=conv_name)(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(code_dim, activation=code_activation, name="encoder_code")(x)
+    encoder = keras.Model(images, x, name="encoder")
+
+    codes = keras.Input((code_dim,), name="codes")
+    y = layers.Dense(7 * 7 * f2, activation="relu", name="decoder_dense")(codes)
+    y = layers.Reshape((7, 7, f2), name="decoder_7x7")(y)
+    y = layers.Conv2DTranspose(f1, 3, strides=2, padding="same", activation="relu", name="decoder_deconv_14x14")(y)
+    y = layers.Conv2DTranspose(f1, 3, strides=2, padding="same", activation="relu", name="decoder_deconv_28x28")(y)
+    y = layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="decoder_output")(y)
+    decoder = keras.Model(codes, layers.Reshape(IMAGE_SHAPE, name="reconstruction")(y), name="decoder")
+    return keras.Model(images, decoder(encoder(images)), name=name)
+
+
+def augmentation(rotation_degrees: float, shift: float, flip: bool = False) -> keras.Model:
+    """Random rotation (none when 0), translation (a fraction of the side) and optional horizontal flip.
+
+    Keras preprocessing layers: active only when the model runs in training mode, the
+    identity at inference, so the exported graph serves the images unchanged.
+    """
+    images = keras.Input(IMAGE_SHAPE, name="images")
+    x = layers.Reshape((28, 28, 1), name="add_channel")(images)
+    if flip:
+        x = layers.RandomFlip("horizontal", name="random_flip")(x)
+    if rotation_degrees:
+        x = layers.RandomRotation(rotation_degrees / 360.0, fill_mode="constant", name="random_rotation")(x)
+    x = layers.RandomTranslation(shift, shift, fill_mode="constant", name="random_translation")(x)
+    return keras.Model(images, layers.Reshape(IMAGE_SHAPE, name="drop_channel")(x), name="augment")
+
+
+def conv_classifier(encoder: keras.Model, name: str, augment: keras.Model | None, dropout: float) -> keras.Model:
+    """Softmax over 10 classes on a (pretrained) convolutional encoder, with training-time augmentation."""
+    images = keras.Input(IMAGE_SHAPE, name="images")
+    codes = encoder(augment(images) if augment is not None else images)
+    x = layers.Dropout(dropout, name="dropout")(codes)
+    return keras.Model(images, layers.Dense(10, activation="softmax", name="probabilities")(x), name=name)
+
+
+def conv_denoiser(name: str, filters: tuple[int, int] = (32, 64), code_channels: int = 8) -> keras.Model:
+    """Convolutional encoder-decoder with skip connections at 28x28 and 14x14 (a small U-Net).
+
+    The code is a 7x7x``code_channels`` map (1x1 convolution of the 7x7 features), flattened as
+    the ``codes`` output; the decoder upsamples it with transposed convolutions, each stage
+    concatenated with the encoder's features of the same size.
+    """
+    f1, f2 = filters
+    images = keras.Input(IMAGE_SHAPE, name="images")
+    x = layers.Reshape((28, 28, 1), name="add_channel")(images)
+    skip_28 = layers.Conv2D(f1, 3, padding="same", activation="relu", name="encoder_conv_28x28")(x)
+    x = layers.Conv2D(f1, 3, strides=2, padding="same", activation="relu", name="encoder_conv_14x14")(skip_28)
+    skip_14 = layers.Conv2D(f2, 3, padding="same", activation="relu", name="encoder_conv_14x14_2")(x)
+    x = layers.Conv2D(f2, 3, strides=2, padding="same", activation="relu", name="encoder_conv_7x7")(skip_14)
+    x = layers.Conv2D(f2, 3, padding="same", activation="relu", name="encoder_conv_7x7_2")(x)
+    code_map = layers.Conv2D(code_channels, 1, activation="relu", name="encoder_code_7x7")(x)
+    y = layers.Conv2DTranspose(f1, 3, strides=2, padding="same", activation="relu", name="decoder_deconv_14x14")(
+        code_map
+    )
+    y = layers.Concatenate(name="decoder_skip_14x14")([y, skip_14])
+    y = layers.Conv2D(f1, 3, padding="same", activation="relu", name="decoder_conv_14x14")(y)
+    y = layers.Conv2DTranspose(f1 // 2, 3, strides=2, padding="same", activation="relu", name="decoder_deconv_28x28")(y)
+    y = layers.Concatenate(name="decoder_skip_28x28")([y, skip_28])
+    y = layers.Conv2D(f1 // 2, 3, padding="same", activation="relu", name="decoder_conv_28x28")(y)
+    y = layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="decoder_output")(y)
+    return keras.Model(images, layers.Reshape(IMAGE_SHAPE, name="denoised")(y), name=name)
+
+
+def denoiser_serving(trained: keras.Model) -> keras.Model:
+    """The U-Net denoiser's exported graph: ``codes`` (its flattened 7x7 code map) and ``denoised``."""
+    codes = layers.Flatten(name="codes")(trained.get_layer("encoder_code_7x7").output)
+    return keras.Model(trained.input, {"codes": codes, "denoised": trained.output}, name=trained.name + "_serving")
+
+
+def embedding_network(code_dim: int, embedding_dim: int, hidden: int = 256) -> keras.Model:
+    """The parametric map from autoencoder codes to a (UMAP) embedding: dense relu, relu, linear."""
+    codes = keras.Input((code_dim,), name="codes")
+    x = layers.Dense(hidden, activation="relu", name="embedding_dense_1")(codes)
+    x = layers.Dense(hidden, activation="relu", name="embedding_dense_2")(x)
+    return keras.Model(codes, layers.Dense(embedding_dim, name="embedding")(x), name="embedder")
+
+
+def mixture_trainer(network: keras.Model, mixture: dict[str, np.ndarray], inputs: keras.KerasTensor) -> keras.Model:
+    """``network`` (to the embedding) under a fixed mixture head: outputs ``embedding`` and ``cluster_probabilities``.
+
+    What the parametric map is trained with: the embedding against UMAP's, the posterior against
+    the mixture's posterior of UMAP's embedding. The mixture's arrays are constants, not trained.
+    """
+    embedding = layers.Identity(name="embedding")(network(inputs))
+    posterior, _ = GaussianMixtureHead(**mixture, name="gmm_head")(embedding)
+    # A new tensor, not the softmax's own: Keras would otherwise take the cross-entropy from its logits,
+    # unbounded for the mixture's tight components, and a few far-off images would swamp the loss.
+    posterior = layers.Activation(lambda t: keras.ops.clip(t, 1e-7, 1.0), name="cluster_probabilities")(posterior)
+    return keras.Model(inputs, {"embedding": embedding, "cluster_probabilities": posterior}, name="mixture_trainer")
+
+
+def gmm_serving(
+    encoder: keras.Model,
+    embedder: keras.Model,
+    means: np.ndarray,
+    precisions_cholesky: np.ndarray,
+    weights: np.ndarray,
+    name: str,
+) -> keras.Model:
+    """Images to codes, embedding, and the Gaussian mixture's posterior and most likely component."""
+    images = keras.Input(IMAGE_SHAPE, name="images")
+    codes = encoder(images)
+    embedding = embedder(codes)
+    posterior, cluster = GaussianMixtureHead(means, precisions_cholesky, weights, name="gmm_head")(embedding)
+    outputs = {"codes": codes, "embedding": embedding, "cluster_probabilities": posterior, "cluster": cluster}
+    return keras.Model(images, outputs, name=name)
+
+
 def serving_model(
     trained: keras.Model,
     kind: str,
@@ -174,7 +310,7 @@ def serving_model(
     images = keras.Input(IMAGE_SHAPE, name="images")
     outputs = {}
     if kind == "classifier":
-        encoder = trained.layers[1]
+        encoder = trained.get_layer("encoder")
         outputs["codes"] = codes = encoder(images)
         outputs["probabilities"] = trained.get_layer("probabilities")(codes)
     else:

@@ -17,13 +17,21 @@ class Floor:
     higher_is_better: bool = True
     split: str = "test"
     source: str = "RECIPES.md reference figure"
+    goal: float | None = None  # the figure asked for, where CI holds a lower one until it is reached
 
-    def holds(self, metrics: dict[str, dict[str, float]]) -> bool:
-        got = metrics[self.split][self.metric]
-        return got >= self.value if self.higher_is_better else got <= self.value
+    def holds(self, metrics: dict[str, dict[str, float]], value: float | None = None) -> bool:
+        got, value = metrics[self.split][self.metric], self.value if value is None else value
+        return got >= value if self.higher_is_better else got <= value
 
-    def describe(self) -> str:
-        return f"{self.split} {self.metric} {'≥' if self.higher_is_better else '≤'} {self.value:g}"
+    def meets_goal(self, metrics: dict[str, dict[str, float]]) -> bool:
+        return self.holds(metrics, self.goal)
+
+    def describe(self, value: float | None = None) -> str:
+        value = self.value if value is None else value
+        return f"{self.split} {self.metric} {'≥' if self.higher_is_better else '≤'} {value:g}"
+
+    def describe_goal(self) -> str:
+        return self.describe(self.goal)
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,177 @@ SPECS: tuple[Spec, ...] = (
         ),
         p.train_conv_mnist,
         {"optimizer": "adam", "lr": 0.005, "batch_size": 128, "epochs": 10, "n_clusters": 10},
+    ),
+)
+
+ISSUE_7 = "issue 7 goal"
+# Where a goal of issue 7 is not reached yet, CI holds the committed model to the figure it reached instead
+# (rounded down), so that a later version cannot fall back unnoticed; the report's table gives both.
+NOT_YET = "issue 7 goal not reached yet: CI holds the figure reached"
+
+
+def _conv_classifier_config(
+    filters: list[int],
+    code_dim: int,
+    epochs: int,
+    rotation_degrees: float,
+    shift: float,
+    flip: bool,
+    pretrain_epochs: int = 3,
+) -> dict:
+    return {
+        "filters": filters,
+        "batch_norm": True,
+        "code_dim": code_dim,
+        "dropout": 0.3,
+        "augment": {"rotation_degrees": rotation_degrees, "shift": shift, "flip": flip},
+        "pretrain": {"optimizer": "adam", "lr": 0.001, "batch_size": 128, "epochs": pretrain_epochs},
+        "finetune": {"optimizer": "adam", "lr": 0.002, "schedule": "cosine", "batch_size": 128, "epochs": epochs},
+    }
+
+
+SPECS += (
+    Spec(
+        "mnist",
+        "conv-classifier",
+        ("encode", "classify"),
+        "conv encoder 3x3 32, 32/2, 64, 64/2 (batch norm, relu), dense 128-d relu code, pretrained as a "
+        "convolutional autoencoder (MSE, Adam), then softmax on the code fine-tuned with the encoder on images "
+        "randomly rotated (±10°) and shifted (±10 %) in training only, dropout 0.3 (cross-entropy, Adam, "
+        "cosine decay)",
+        "small CNNs 99.2-99.4 %",
+        (Floor("accuracy", 0.995, source=ISSUE_7),),
+        p.train_conv_classifier,
+        _conv_classifier_config([32, 64], 128, 15, rotation_degrees=10.0, shift=0.1, flip=False),
+    ),
+    Spec(
+        "fashion-mnist",
+        "conv-classifier",
+        ("encode", "classify"),
+        "conv encoder 3x3 48, 48/2, 96, 96/2 (batch norm, relu), dense 256-d relu code, pretrained as a "
+        "convolutional autoencoder (MSE, Adam), then softmax on the code fine-tuned with the encoder on images "
+        "randomly flipped left-right and shifted (±6 %) in training only, dropout 0.3 "
+        "(cross-entropy, Adam, cosine decay)",
+        "small CNNs 92.5-93.4 %",
+        (Floor("accuracy", 0.93, source=NOT_YET, goal=0.935),),
+        p.train_conv_classifier,
+        _conv_classifier_config([48, 96], 256, 16, rotation_degrees=0.0, shift=0.06, flip=True, pretrain_epochs=2),
+    ),
+)
+
+
+def _conv_small_config(filters: list[int], epochs: int) -> dict:
+    return {
+        "filters": filters,
+        "code_dim": 32,
+        "optimizer": "adam",
+        "lr": 0.002,
+        "schedule": "cosine",
+        "batch_size": 128,
+        "epochs": epochs,
+    }
+
+
+def _umap_gmm_config(autoencoder: dict, n_neighbors: int, augment: dict) -> dict:
+    return {
+        "autoencoder": autoencoder,
+        "embedding_dim": 10,
+        "n_neighbors": n_neighbors,
+        "min_dist": 0.0,
+        "n_clusters": 10,
+        "gmm_n_init": 3,
+        "hidden": 256,
+        "parametric": {"optimizer": "adam", "lr": 0.001, "schedule": "cosine", "batch_size": 256, "epochs": 30},
+        "self_training": {
+            "augment": augment,
+            "optimizer": "adam",
+            "lr": 0.0005,
+            "schedule": "cosine",
+            "batch_size": 128,
+            "epochs": 5,
+        },
+    }
+
+
+CONV_SMALL_MNIST = _conv_small_config([32, 64], 15)
+CONV_SMALL_FASHION = _conv_small_config([32, 64], 15)
+CONV_SMALL_ARCHITECTURE = (
+    "conv encoder 3x3 {0}, {0}/2, {1}, {1}/2 relu, dense 32-d linear code; decoder dense to 7x7x{1}, "
+    "3x3 transposed convolutions {0}/2, {0}/2 relu, 3x3 sigmoid convolution; MSE, Adam, cosine decay"
+)
+UMAP_GMM_ARCHITECTURE = (
+    "the conv-small autoencoder's 32-d codes; UMAP of the training codes to 10-d (min_dist 0); "
+    "a full-covariance Gaussian mixture of 10 components on it; a dense 32-256-256-10 network trained "
+    "to reproduce the embedding and, through the fixed mixture, its posterior (parametric UMAP), then fine-tuned "
+    "end to end with the encoder on augmented training images against the same targets (self-training); "
+    "the served graph is encoder, network, mixture posterior"
+)
+SPECS += (
+    Spec(
+        "mnist",
+        "conv-small",
+        ("encode", "reconstruct"),
+        CONV_SMALL_ARCHITECTURE.format(*CONV_SMALL_MNIST["filters"]),
+        "PCA-32 test MSE 0.0168; PCA-64 0.0091",
+        (
+            Floor("mse", 0.008, higher_is_better=False, source=ISSUE_7),
+            Floor("ood_auroc", 0.99, source=ISSUE_7 + ": Fashion-MNIST test vs MNIST test by reconstruction error"),
+        ),
+        p.train_conv_autoencoder,
+        {**CONV_SMALL_MNIST, "ood_dataset": "fashion-mnist"},
+    ),
+    Spec(
+        "fashion-mnist",
+        "conv-small",
+        ("encode", "reconstruct"),
+        CONV_SMALL_ARCHITECTURE.format(*CONV_SMALL_FASHION["filters"]),
+        "PCA-32 test MSE 0.0151; PCA-64 0.0104",
+        (Floor("mse", 0.009, higher_is_better=False, source=ISSUE_7),),
+        p.train_conv_autoencoder,
+        CONV_SMALL_FASHION,
+    ),
+    Spec(
+        "mnist",
+        "conv-denoiser",
+        ("encode", "denoise"),
+        "Gaussian noise std 0.6 on the input, clipped to 0..1, target the clean image; small U-Net: "
+        "3x3 convolutions 32 (28x28), 32/2, 64 (14x14), 64/2, 64 (7x7), 1x1 to a 7x7x8 code; transposed "
+        "convolutions back to 14x14 and 28x28, each concatenated with the encoder's features of that size; "
+        "binary cross-entropy, Adam, cosine decay",
+        "noisy input 8.2 dB; PCA-32 projection 14.2 dB; recipe about 15 dB",
+        (Floor("psnr_db", 19.0, source=NOT_YET, goal=20.0),),
+        p.train_conv_denoiser,
+        {
+            "filters": [32, 64],
+            "code_channels": 8,
+            "noise_std": 0.6,
+            "loss": "binary_crossentropy",
+            "optimizer": "adam",
+            "lr": 0.002,
+            "schedule": "cosine",
+            "batch_size": 128,
+            "epochs": 12,
+        },
+    ),
+    Spec(
+        "mnist",
+        "umap-gmm",
+        ("encode", "cluster"),
+        UMAP_GMM_ARCHITECTURE,
+        "autoencoder + KMeans 0.88; N2D 0.979 on all 70k, 0.948 on test only; DEC-DA 0.985",
+        (Floor("cluster_acc", 0.94, source=NOT_YET, goal=0.98),),
+        p.train_umap_gmm,
+        _umap_gmm_config(CONV_SMALL_MNIST, 10, {"rotation_degrees": 10.0, "shift": 0.1, "flip": False}),
+    ),
+    Spec(
+        "fashion-mnist",
+        "umap-gmm",
+        ("encode", "cluster"),
+        UMAP_GMM_ARCHITECTURE,
+        "N2D 0.672; DEC 0.62",
+        (Floor("cluster_acc", 0.57, source=NOT_YET, goal=0.70),),
+        p.train_umap_gmm,
+        _umap_gmm_config(CONV_SMALL_FASHION, 10, {"rotation_degrees": 0.0, "shift": 0.06, "flip": True}),
     ),
 )
 
