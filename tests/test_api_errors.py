@@ -96,10 +96,10 @@ CASES = [
     ),
     (
         "no model for dataset",
-        "/cluster",
+        "/denoise",
         {"json": as_json(ZEROS), "params": {"dataset": "fashion-mnist"}},
         404,
-        "no model serves /cluster",
+        "no model serves /denoise",
     ),
     (
         "model of another dataset",

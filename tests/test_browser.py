@@ -213,7 +213,7 @@ def test_touch_fashion_errors_and_phone_width(server: str, browser: Any, tmp_pat
     wait_done(page, "drawing.png")
     options = page.eval_on_selector_all("#model-reconstruct option", "os => os.map(o => o.value)")
     assert options and all(name.startswith("fashion-mnist-") for name in options)
-    assert page.is_disabled("#model-cluster")
+    assert page.is_disabled("#model-denoise")
     names = page.locator("#probabilities li .name").all_inner_texts()
     assert names[:2] == ["T-shirt/top", "Trouser"] and names[-1] == "Ankle boot"
 
@@ -223,7 +223,7 @@ def test_touch_fashion_errors_and_phone_width(server: str, browser: Any, tmp_pat
     page.set_input_files("#file", str(bogus))
     page.wait_for_selector("#classify-error:not([hidden])")
     assert "not an image of the accepted formats" in page.inner_text("#classify-error")
-    assert "no model serves /cluster for fashion-mnist" in page.inner_text("#cluster-result").lower()
+    assert "no model serves /denoise for fashion-mnist" in page.inner_text("#denoise-result").lower()
     assert page.inner_text("#classify-result") == ""  # nothing stale beside the error
     assert page.locator("#probabilities li").count() == 0
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from app.imaging import decode_image
 from app.main import create_app
-from app.registry import BATCH_SIZES, OUTPUTS, padded_size
+from app.registry import BATCH_SIZES, padded_size
 from app.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -37,7 +37,7 @@ def test_each_endpoint_runs_only_its_outputs_and_matches_the_signature(committed
             everything = served.owner.signatures["serving_default"](images=images)
             for endpoint in served.endpoints:
                 outputs = served.predict(images, endpoint)  # 5 images run padded to 8
-                assert set(outputs) == set(OUTPUTS[endpoint]), (served.name, endpoint)
+                assert set(outputs) == set(served.outputs_of(endpoint)), (served.name, endpoint)
                 for key, value in outputs.items():
                     assert value.shape[0] == 5
                     np.testing.assert_allclose(value, everything[key].numpy(), rtol=1e-4, atol=1e-5)

@@ -272,9 +272,9 @@ def mixture_trainer(network: keras.Model, mixture: dict[str, np.ndarray], inputs
     """
     embedding = layers.Identity(name="embedding")(network(inputs))
     posterior, _ = GaussianMixtureHead(**mixture, name="gmm_head")(embedding)
-    # A new tensor, not the softmax's own: Keras would otherwise take the cross-entropy from its logits,
-    # unbounded for the mixture's tight components, and a few far-off images would swamp the loss.
-    posterior = layers.Activation(lambda t: keras.ops.clip(t, 1e-7, 1.0), name="cluster_probabilities")(posterior)
+    # Identity keeps the softmax's tensor, so Keras takes the cross-entropy from its logits (unclipped):
+    # clipped probabilities give no gradient to images that sit in the wrong component.
+    posterior = layers.Identity(name="cluster_probabilities")(posterior)
     return keras.Model(inputs, {"embedding": embedding, "cluster_probabilities": posterior}, name="mixture_trainer")
 
 
