@@ -303,13 +303,11 @@ class Registry:
                     "the signature's outputs do not match manifest.json and its endpoints"
                     + (f" (missing {', '.join(sorted(missing))})" if missing else "")
                 )
+            # Each endpoint's graph function is made (and run once) here; warm-up runs every padded size.
+            largest = padded_size(self.batching.max_batch if self.batching else BATCH_SIZES[-1]) if self.warmup else 1
             for endpoint in model.endpoints:
-                model.compute(np.zeros((1, 28, 28), np.float32), model.outputs_of(endpoint))
-            if self.warmup:
-                largest = padded_size(self.batching.max_batch if self.batching else BATCH_SIZES[-1])
-                for endpoint in model.endpoints:
-                    for size in (s for s in BATCH_SIZES if s <= largest):
-                        model.predict(np.zeros((size, 28, 28), np.float32), endpoint)
+                for size in (s for s in BATCH_SIZES if s <= largest):
+                    model.predict(np.zeros((size, 28, 28), np.float32), endpoint)
             self.models.setdefault(state.name, {})[state.version] = model
             state.status = "ready"
         except ModelLoadError as exc:
