@@ -1,11 +1,11 @@
 # syntax=docker/dockerfile:1
-# aeserve: the committed autoencoders behind the REST API, on CPU (tensorflow-cpu).
+# aeserve: the committed autoencoders behind the REST API, on CPU (LiteRT; no TensorFlow in the image).
 #
 #   docker build -t aeserve:0.1.0 .
 #   docker run --rm -p 8000:8000 aeserve:0.1.0          # or: docker compose up --wait
 #
 # Configuration is by environment variables only: the service's AESERVE_* settings (app/settings.py,
-# README's table) and uvicorn's WEB_CONCURRENCY (worker processes; each loads its own models, ~770 MB).
+# README's table) and uvicorn's WEB_CONCURRENCY (worker processes; each loads its own models, ~300 MB).
 # The image installs through `make install`, the same target as `make serve`: there is one install path.
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
@@ -38,13 +38,12 @@ RUN groupadd --system --gid 10001 aeserve \
 # The editable install points into /srv/aeserve, so the sources keep the path they were installed at.
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /srv/aeserve /srv/aeserve
-# The committed SavedModels, baked in; owned by root, so the service can read but not change them.
+# The committed models (SavedModel and model.tflite), baked in; owned by root, so the service can read but not change them.
 COPY models/ /srv/aeserve/models/
 WORKDIR /srv/aeserve
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    TF_CPP_MIN_LOG_LEVEL=2 \
     AESERVE_MODELS_DIR=/srv/aeserve/models \
     WEB_CONCURRENCY=1 \
     UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=20

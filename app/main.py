@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.batching
         else None
     )
-    registry = Registry(settings.models_dir, warmup=settings.warmup, batching=batching)
+    registry = Registry(settings.models_dir, runtime=settings.runtime, warmup=settings.warmup, batching=batching)
     metrics = Metrics(registry)
     registry.on_batch = metrics.observe_batch
 

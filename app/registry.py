@@ -1,8 +1,9 @@
 """The service's models: discovered on disk, checked against their manifests, loaded once, warmed up.
 
-``models/<name>/<version>/`` holds a SavedModel and its ``manifest.json``; the manifest
-(class names, cluster label hints, in-distribution threshold, metrics) is everything the
-service knows about a model beyond its graph.
+``models/<name>/<version>/`` holds a SavedModel, the same graph as ``model.tflite`` and
+``manifest.json``; the manifest (class names, cluster label hints, in-distribution threshold,
+metrics) is everything the service knows about a model beyond its graph. The graph runs in the
+runtime ``AESERVE_RUNTIME`` names (:mod:`app.runtimes`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from app.batching import BatchConfig, Batcher
 from app.errors import ApiError
+from app.runtimes import Outputs, Runtime, RuntimeLoadError, load_runtime
 
 log = logging.getLogger("aeserve")
 
@@ -46,44 +47,6 @@ OUTPUTS = {
     "classify": ("probabilities",),
     "cluster": ("cluster", "distances"),
 }
-# Batches are padded up to one of these sizes, each warmed at load: oneDNN prepares its kernels per
-# shape, and a first call at a new size costs milliseconds. Larger batches run at their own size.
-BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
-
-def padded_size(count: int) -> int:
-    """The warmed batch size a batch of ``count`` images runs at."""
-    return next((size for size in BATCH_SIZES if size >= count), count)
-
-
-class GraphFunction:
-    """A graph function of a model's signature that computes only the outputs ``keys``.
-
-    TensorFlow prunes the graph to what ``keys`` need, so ``/encode`` runs only the encoder. Calls
-    go through the concrete function's flat-tensor entry point, which costs about a third less
-    Python per call than the keyword-argument signature call.
-    """
-
-    def __init__(self, signature: Any, keys: tuple[str, ...]):
-        import tensorflow as tf
-
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.float32, name="images")])
-        def outputs(images):
-            everything = signature(images=images)
-            return {key: everything[key] for key in keys}
-
-        concrete = outputs.get_concrete_function()
-        self.names = tf.nest.flatten({key: key for key in keys})  # the order of the flat outputs
-        self._call = concrete.inference_fn.call_flat
-        self._captured = list(concrete.captured_inputs)
-        self._constant = tf.constant
-
-    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = self._call(self._constant(images, dtype="float32"), *self._captured)
-        return {name: value.numpy() for name, value in zip(self.names, outputs, strict=True)}
-
-
 @dataclass
 class ServedModel:
     """One loaded model version and what its manifest says about it.
@@ -96,12 +59,11 @@ class ServedModel:
     name: str
     version: int
     manifest: dict
-    signature: Any = field(default=None, repr=False)  # the SavedModel's serving_default
-    owner: Any = field(default=None, repr=False)  # the loaded SavedModel, which the functions need alive
+    runtime: Runtime | None = field(default=None, repr=False)
     executor: ThreadPoolExecutor | None = field(default=None, repr=False)  # the model thread
     batching: BatchConfig | None = field(default=None, repr=False)
     on_batch: Callable[[str, int, float], None] | None = field(default=None, repr=False)
-    functions: dict[tuple[str, ...], GraphFunction] = field(default_factory=dict, repr=False)
+    functions: dict[tuple[str, ...], Callable[[np.ndarray], Outputs]] = field(default_factory=dict, repr=False)
     batchers: dict[tuple[str, ...], Batcher] = field(default_factory=dict, repr=False)
 
     @property
@@ -135,31 +97,25 @@ class ServedModel:
             return ("cluster", "cluster_probabilities")
         return OUTPUTS[endpoint]
 
-    def compute(self, images: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+    def compute(self, images: np.ndarray, outputs: tuple[str, ...]) -> Outputs:
         """The signature ``outputs`` for a ``float32 [N,28,28]`` batch.
 
-        Blocking, and on the model thread only, or while loading (it may make the graph function).
-        The batch runs padded to a warmed size.
+        Blocking, and on the model thread only, or while loading (it may make the function).
         """
         function = self.functions.get(outputs)
         if function is None:
-            function = self.functions[outputs] = GraphFunction(self.signature, outputs)
-        count = len(images)
-        size = padded_size(count)
-        if size > count:
-            images = np.concatenate([images, np.zeros((size - count, 28, 28), np.float32)])
-        results = function(images)
-        return {key: value[:count] for key, value in results.items()} if size > count else results
+            function = self.functions[outputs] = self.runtime.function(outputs)
+        return function(images)
 
-    def predict(self, images: np.ndarray, endpoint: str) -> dict[str, np.ndarray]:
+    def predict(self, images: np.ndarray, endpoint: str) -> Outputs:
         """What ``endpoint`` needs for a batch; blocking, as :meth:`compute`."""
         return self.compute(images, self.outputs_of(endpoint))
 
-    async def run(self, images: np.ndarray, endpoint: str) -> dict[str, np.ndarray]:
+    async def run(self, images: np.ndarray, endpoint: str) -> Outputs:
         """What ``endpoint`` needs for a batch, through its batcher (or a model-thread call without one)."""
         return await self.run_outputs(images, self.outputs_of(endpoint))
 
-    async def run_outputs(self, images: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+    async def run_outputs(self, images: np.ndarray, outputs: tuple[str, ...]) -> Outputs:
         """The signature ``outputs`` for a batch, batched with other requests for the same outputs."""
         if self.batching is None:
             return await asyncio.get_running_loop().run_in_executor(self.executor, self.compute, images, outputs)
@@ -213,6 +169,9 @@ def verify_files(folder: Path) -> dict:
     files = manifest.get("files") or {}
     if "saved_model.pb" not in files:
         raise ModelLoadError("manifest.json lists no saved_model.pb")
+    litert = manifest.get("litert", {}).get("file")
+    if litert and litert not in files:
+        raise ModelLoadError(f"manifest.json lists no sha256 for {litert}")
     unlisted = sorted(
         rel
         for rel in (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
@@ -234,6 +193,7 @@ class Registry:
     """Every model version under ``models_dir``; thread-safe reads once loading has finished."""
 
     models_dir: Path
+    runtime: str = "litert"
     warmup: bool = True
     batching: BatchConfig | None = field(default_factory=BatchConfig)
     # Told of every batch a batcher runs: (model, outputs, images, seconds its oldest request waited).
@@ -267,8 +227,6 @@ class Registry:
             log.error("no <name>/<version>/ model folders under %s", self.models_dir)
 
     def _load_one(self, state: ModelState) -> None:
-        import tensorflow as tf
-
         start = time.perf_counter()
         state.status = "loading"
         try:
@@ -283,30 +241,30 @@ class Registry:
                     f"{state.name}/{state.version}"
                 )
             try:
-                loaded = tf.saved_model.load(str(state.folder))
-                signature = loaded.signatures["serving_default"]
-            except Exception as exc:  # noqa: BLE001 - TensorFlow raises many types for a bad SavedModel
-                raise ModelLoadError(f"SavedModel does not load ({type(exc).__name__})") from None
+                runtime = load_runtime(self.runtime, state.folder, manifest)
+            except RuntimeLoadError as exc:
+                raise ModelLoadError(str(exc)) from None
             model = ServedModel(
                 state.name,
                 state.version,
                 manifest,
-                signature=signature,
-                owner=loaded,
+                runtime=runtime,
                 executor=self.executor,
                 batching=self.batching,
                 on_batch=partial(self.on_batch, state.name) if self.on_batch else None,
             )
-            missing = {key for e in model.endpoints for key in model.outputs_of(e)} - set(signature.structured_outputs)
-            if missing or set(signature.structured_outputs) != set(manifest.get("outputs", {})):
+            missing = {key for e in model.endpoints for key in model.outputs_of(e)} - runtime.output_names
+            if missing or runtime.output_names != set(manifest.get("outputs", {})):
                 raise ModelLoadError(
-                    "the signature's outputs do not match manifest.json and its endpoints"
+                    "the graph's outputs do not match manifest.json and its endpoints"
                     + (f" (missing {', '.join(sorted(missing))})" if missing else "")
                 )
-            # Each endpoint's graph function is made (and run once) here; warm-up runs every padded size.
-            largest = padded_size(self.batching.max_batch if self.batching else BATCH_SIZES[-1]) if self.warmup else 1
+            # Each endpoint's function is made and run once here; warm-up runs the sizes the runtime
+            # prepares per shape, up to the largest batch the batcher makes.
+            largest = self.batching.max_batch if self.batching else max(runtime.warm_sizes)
+            sizes = [s for s in runtime.warm_sizes if s <= largest] if self.warmup else [1]
             for endpoint in model.endpoints:
-                for size in (s for s in BATCH_SIZES if s <= largest):
+                for size in sizes:
                     model.predict(np.zeros((size, 28, 28), np.float32), endpoint)
             self.models.setdefault(state.name, {})[state.version] = model
             state.status = "ready"
@@ -324,8 +282,8 @@ class Registry:
             for state in self.states.values():
                 self._load_one(state)
             self.defaults = self._choose_defaults()
-            # TensorFlow leaves millions of long-lived objects; a full garbage collection walking
-            # them stalls every request for ~100 ms. Freeze them out of the collector's view.
+            # Loading leaves long-lived objects (millions under TensorFlow); a full garbage collection
+            # walking them stalls every request. Freeze them out of the collector's view.
             gc.collect()
             gc.freeze()
         finally:

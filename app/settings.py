@@ -17,6 +17,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AESERVE_", extra="ignore")
 
     models_dir: Path = Field(DEFAULT_MODELS_DIR, description="folder of <name>/<version>/ SavedModels")
+    runtime: Literal["litert", "tensorflow"] = Field(
+        "litert",
+        description="litert: run each model's model.tflite (no TensorFlow needed); "
+        "tensorflow: run the SavedModel (needs pip install 'aeserve[train]')",
+    )
     max_body_bytes: int = Field(16 * 2**20, gt=0, description="largest request body accepted (413 above)")
     max_batch: int = Field(1024, gt=0, description="most images in one request (413 above)")
     max_image_pixels: int = Field(16_000_000, gt=0, description="most pixels of one uploaded image (413 above)")

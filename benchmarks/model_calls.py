@@ -1,8 +1,8 @@
 """The cost of one model call: every committed model's graph for each endpoint it serves
 (``/encode`` runs the encoder alone), timed at a few batch sizes as the service calls them.
 
-Run with ``python benchmarks/model_calls.py``; prints µs per call and µs per image (median
-of the repeats), the part of a request the HTTP path cannot remove.
+Run with ``python benchmarks/model_calls.py [--runtime litert|tensorflow]``; prints µs per call
+and µs per image (median of the repeats), the part of a request the HTTP path cannot remove.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from app.registry import Registry
+from app.runtimes import RUNTIMES
 from app.settings import DEFAULT_MODELS_DIR
 
 
@@ -26,8 +27,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 64, 256])
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--runtime", choices=RUNTIMES, default="litert")
     args = parser.parse_args()
-    registry = Registry(DEFAULT_MODELS_DIR, batching=None)
+    registry = Registry(DEFAULT_MODELS_DIR, runtime=args.runtime, batching=None)
     registry.load_all()
     header = " | ".join(f"batch {n}: µs/call (µs/image)" for n in args.sizes)
     print(f"| model | endpoint | {header} |\n|---|---|" + "---:|" * len(args.sizes))

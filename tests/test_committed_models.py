@@ -12,7 +12,7 @@ from conftest import MODELS_DIR
 
 from training import zoo
 from training.datasets import load_dataset
-from training.evaluate import evaluate, signature_predict
+from training.evaluate import evaluate, litert_predict
 from training.registry import latest_version
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,10 @@ def test_committed_model(name, datasets):
     assert on_disk == set(manifest["files"])
     for rel, digest in manifest["files"].items():
         assert hashlib.sha256((folder / rel).read_bytes()).hexdigest() == digest, rel
-    assert sum((folder / rel).stat().st_size for rel in manifest["files"]) < 8 * 2**20
+    # the SavedModel and model.tflite hold the same weights, each a few MB
+    assert sum((folder / rel).stat().st_size for rel in manifest["files"]) < 12 * 2**20
+    assert manifest["litert"]["file"] == "model.tflite" and manifest["litert"]["checked_images"] == 10_000
+    assert set(manifest["litert"]["signatures"]) == {"serving_default", *spec.endpoints}
 
     signature = tf.saved_model.load(str(folder)).signatures["serving_default"]
     (spec_in,) = signature.structured_input_signature[1].values()
@@ -55,12 +58,11 @@ def test_committed_model(name, datasets):
         assert len(CLUSTER_SCORES & set(signature.structured_outputs)) == 1
         assert manifest["clusters"]["output"] in signature.structured_outputs
 
-    # a config's ood_dataset adds the test split's ood_auroc (the other dataset's test images as outliers)
+    # Through model.tflite, as the service runs it. A config's ood_dataset adds the test split's
+    # ood_auroc (the other dataset's test images as outliers).
     ood = spec.config.get("ood_dataset")
     outliers = datasets[ood].test.pixels() if ood else None
-    metrics = evaluate(
-        signature_predict(signature), datasets[spec.dataset], spec.config.get("noise_std", 0.6), outliers
-    )
+    metrics = evaluate(litert_predict(folder), datasets[spec.dataset], spec.config.get("noise_std", 0.6), outliers)
     for floor in spec.floors:
         got = metrics[floor.split][floor.metric]
         assert floor.holds(metrics), f"{name}: {floor.describe()} but got {got:.4f}"

@@ -375,16 +375,17 @@ def test_make_install_into_a_fresh_venv_then_serve_from_it(tmp_path, monkeypatch
     # the stamp is fresh: `make serve` after it starts at once instead of installing again
     stamp = make("-q", f"VENV={venv}", f"{venv}/.runtime-installed")
     assert stamp.returncode == 0
-    # the runtime comes from the new venv, and only the runtime (no dev or train extras)
+    # the runtime comes from the new venv, and only the runtime (no dev or train extras: no TensorFlow)
     where = subprocess.run(
-        [python, "-c", "import fastapi, tensorflow, uvicorn; print(fastapi.__file__, tensorflow.__file__)"],
+        [python, "-c", "import ai_edge_litert, fastapi, uvicorn; print(fastapi.__file__, ai_edge_litert.__file__)"],
         env=CLEAN_ENV,
         capture_output=True,
         text=True,
     )
     assert where.returncode == 0, where.stderr
     assert all(Path(path).is_relative_to(venv) for path in where.stdout.split()), where.stdout
-    assert subprocess.run([python, "-c", "import pytest"], env=CLEAN_ENV, capture_output=True).returncode != 0
+    for extra in ("pytest", "tensorflow"):
+        assert subprocess.run([python, "-c", f"import {extra}"], env=CLEAN_ENV, capture_output=True).returncode != 0
 
     # start it as the image does: the CMD's uvicorn options and the image's environment, paths mapped here
     cmd = exec_form(instruction_args(RUNTIME, "CMD")[0])

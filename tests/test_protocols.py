@@ -89,6 +89,9 @@ async def test_tf_serving_model_status_and_metadata(client, committed_app):
         assert [d["size"] for d in tensor["tensor_shape"]["dim"]] == ["-1", "28", "28"]
         manifest = committed_app.state.registry.get(MODEL).manifest
         assert set(signature["outputs"]) == set(manifest["outputs"])
+        # the SavedModel's own tensor names, as TF Serving shows them, whichever runtime serves it
+        assert tensor["name"] == manifest["tensor_names"]["inputs"]["images"] and ":" in tensor["name"]
+        assert all(signature["outputs"][k]["name"] == v for k, v in manifest["tensor_names"]["outputs"].items())
         assert [d["size"] for d in signature["outputs"]["codes"]["tensor_shape"]["dim"]] == ["-1", "128"]
 
 
@@ -182,7 +185,7 @@ async def test_v2_health_and_metadata(client, committed_app):
     for path in (f"/v2/models/{MODEL}/ready", f"/v2/models/{MODEL}/versions/1/ready"):
         assert (await client.get(path)).json() == {"name": MODEL, "ready": True}
     metadata = (await client.get("/v2/models/mnist-conv")).json()
-    assert metadata["platform"] == "tensorflow_savedmodel" and metadata["versions"] == ["1"]
+    assert metadata["platform"] == "tflite" and metadata["versions"] == ["1"]
     assert metadata["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 28, 28]}]
     assert {o["name"]: o["shape"] for o in metadata["outputs"]} == {
         "codes": [-1, 196], "reconstruction": [-1, 28, 28], "distances": [-1, 10], "cluster": [-1]

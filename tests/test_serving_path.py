@@ -1,5 +1,5 @@
-"""The service's request path around the model: settings reaching the batchers, per-endpoint graphs,
-padding to warmed sizes, the plain-ASGI routes and EXIF orientation."""
+"""The service's request path around the model: settings reaching the batchers, the runtimes and their
+per-endpoint graphs, padding to warmed sizes, the plain-ASGI routes and EXIF orientation."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from PIL import Image
 
 from app.imaging import decode_image
 from app.main import create_app
-from app.registry import BATCH_SIZES, padded_size
+from app.runtimes import LITERT_CALL_IMAGES, TF_BATCH_SIZES, padded_size
 from app.settings import Settings
+from tests.conftest import MODELS_DIR, ready_app
 
 pytestmark = pytest.mark.anyio
 
@@ -25,30 +26,62 @@ def test_batching_settings_reach_the_registry(tmp_path):
     assert create_app(Settings(models_dir=tmp_path, batching=False)).state.registry.batching is None
 
 
-def test_batches_pad_to_a_warmed_size():
+def test_tensorflow_batches_pad_to_a_warmed_size():
     assert [padded_size(n) for n in (1, 3, 5, 64, 65, 256, 300)] == [1, 4, 8, 64, 128, 256, 300]
-    assert tuple(sorted(BATCH_SIZES)) == BATCH_SIZES
+    assert tuple(sorted(TF_BATCH_SIZES)) == TF_BATCH_SIZES
 
 
-def test_each_endpoint_runs_only_its_outputs_and_matches_the_signature(committed_app, mnist_test):
-    images = (mnist_test[0][:5] / 255.0).astype(np.float32)
+def _close(got: np.ndarray, want: np.ndarray, key: str) -> None:
+    assert got.dtype == want.dtype and got.shape == want.shape, key
+    if key == "cluster_probabilities":  # a mixture's posterior magnifies float32 rounding near boundaries
+        np.testing.assert_allclose(got, want, atol=2e-2)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(want).max())))
+
+
+def test_litert_serves_each_endpoint_its_outputs_only_and_the_savedmodels_answers(committed_app, mnist_test):
+    """The LiteRT graphs the service runs give every committed SavedModel's outputs, one signature per endpoint."""
+    import tensorflow as tf
+
+    images = (mnist_test[0][:70] / 255.0).astype(np.float32)  # one full call of 64 and a rest of 6
     for versions in committed_app.state.registry.models.values():
         for served in versions.values():
-            everything = served.owner.signatures["serving_default"](images=images)
+            assert type(served.runtime).__name__ == "LiteRtModel"
+            everything = tf.saved_model.load(str(MODELS_DIR / served.name / str(served.version))).signatures[
+                "serving_default"
+            ](images=tf.constant(images))
             for endpoint in served.endpoints:
-                outputs = served.predict(images, endpoint)  # 5 images run padded to 8
+                outputs = served.predict(images, endpoint)
                 assert set(outputs) == set(served.outputs_of(endpoint)), (served.name, endpoint)
                 for key, value in outputs.items():
-                    assert value.shape[0] == 5
-                    np.testing.assert_allclose(value, everything[key].numpy(), rtol=1e-4, atol=1e-5)
+                    _close(value, everything[key].numpy(), f"{served.name} {key}")
+            every = tuple(sorted(served.output_names))  # what the protocol routes may ask for at once
+            for key, value in served.compute(images[:3], every).items():
+                _close(value, everything[key].numpy()[:3], f"{served.name} {key}")
+    assert LITERT_CALL_IMAGES < 70
 
 
-async def test_padding_never_mixes_neighbours(committed_app, mnist_test):
-    served = committed_app.state.registry.get("mnist-pretrained-classifier")
-    images = (mnist_test[0][:3] / 255.0).astype(np.float32)
-    together = served.predict(images, "classify")["probabilities"]
-    alone = np.concatenate([served.predict(image[None], "classify")["probabilities"] for image in images])
-    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-6)
+def test_the_tensorflow_runtime_serves_the_same_answers(mnist_test):
+    """``AESERVE_RUNTIME=tensorflow`` runs the SavedModels themselves; both runtimes agree."""
+    lite = ready_app(warmup=False)
+    tf_app = ready_app(runtime="tensorflow", warmup=False)
+    images = (mnist_test[0][:5] / 255.0).astype(np.float32)  # TensorFlow runs them padded to 8
+    for name in ("mnist-stacked", "mnist-conv", "mnist-umap-gmm", "fashion-mnist-conv-classifier"):
+        on_lite, on_tf = lite.state.registry.get(name), tf_app.state.registry.get(name)
+        assert type(on_tf.runtime).__name__ == "TensorFlowModel"
+        for endpoint in on_tf.endpoints:
+            expected = on_tf.predict(images, endpoint)
+            for key, value in on_lite.predict(images, endpoint).items():
+                _close(value, expected[key], f"{name} {key}")
+
+
+async def test_batches_never_mix_neighbours(committed_app, mnist_test):
+    for name in ("mnist-pretrained-classifier", "mnist-conv-classifier"):
+        served = committed_app.state.registry.get(name)
+        images = (mnist_test[0][:3] / 255.0).astype(np.float32)
+        together = served.predict(images, "classify")["probabilities"]
+        alone = np.concatenate([served.predict(image[None], "classify")["probabilities"] for image in images])
+        np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-6)
 
 
 async def test_other_methods_on_inference_routes_are_405_with_allow(client):

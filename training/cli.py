@@ -58,8 +58,19 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config value of the (single) recipe trained, e.g. epochs=5",
     )
 
-    evaluate = sub.add_parser("evaluate", parents=[common], help="re-evaluate committed models against their floors")
+    evaluate = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="re-evaluate committed models against their floors, through model.tflite as the service runs them",
+    )
     evaluate.add_argument("names", nargs="*")
+
+    convert = sub.add_parser(
+        "convert",
+        parents=[common],
+        help="compile exported models to model.tflite (checked on the test set) and update their manifests",
+    )
+    convert.add_argument("names", nargs="*", help="model names (default: every model under --models-dir)")
 
     report = sub.add_parser("report", parents=[common], help="write models/REPORT.md and its figures")
     report.add_argument("--output", type=Path, default=None, help="report file (default: <models-dir>/REPORT.md)")
@@ -116,7 +127,7 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from training import zoo
     from training.datasets import load_dataset
-    from training.evaluate import evaluate, load_saved_model, outlier_images, read_manifest
+    from training.evaluate import evaluate, outlier_images, read_manifest, served_predict
     from training.registry import committed_models
 
     failed = 0
@@ -128,7 +139,7 @@ def _evaluate(args) -> int:
         if spec.dataset not in datasets:
             datasets[spec.dataset] = load_dataset(spec.dataset, args.data_dir)
         metrics = evaluate(
-            load_saved_model(folder),
+            served_predict(folder),
             datasets[spec.dataset],
             spec.config.get("noise_std", 0.6),
             outlier_images(spec.config, args.data_dir),
@@ -142,6 +153,29 @@ def _evaluate(args) -> int:
                 f"{metrics[floor.split][floor.metric]:10.4f}  {floor.describe()} {'ok' if holds else 'FAILS'}"
             )
     return 1 if failed else 0
+
+
+def _convert(args) -> int:
+    from training.datasets import load_dataset
+    from training.evaluate import read_manifest
+    from training.export import add_litert, write_manifest
+    from training.registry import committed_models
+
+    datasets = {}
+    for folder in committed_models(args.models_dir, args.names):
+        manifest = read_manifest(folder)
+        if manifest["dataset"] not in datasets:
+            datasets[manifest["dataset"]] = load_dataset(manifest["dataset"], args.data_dir)
+        start = time.perf_counter()
+        add_litert(folder, manifest, datasets[manifest["dataset"]].test.pixels())
+        write_manifest(folder, manifest)
+        litert = manifest["litert"]
+        print(
+            f"{manifest['name']:34} {time.perf_counter() - start:5.1f} s  {', '.join(litert['signatures'])}; "
+            f"largest difference from the SavedModel {litert['largest_difference']:.2g}",
+            flush=True,
+        )
+    return 0
 
 
 def _report(args) -> int:
@@ -163,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         for spec in zoo.SPECS:
             print(f"{spec.name:34} {', '.join(spec.endpoints):28} {'; '.join(f.describe() for f in spec.floors)}")
         return 0
-    return {"train": _train, "evaluate": _evaluate, "report": _report}[args.command](args)
+    commands = {"train": _train, "evaluate": _evaluate, "convert": _convert, "report": _report}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

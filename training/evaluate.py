@@ -38,6 +38,28 @@ def load_saved_model(path: Path) -> Predict:
     return signature_predict(tf.saved_model.load(str(path)).signatures["serving_default"])
 
 
+def litert_predict(path: Path, batch_size: int = 256) -> Predict:
+    """The ``serving_default`` signature of ``model.tflite`` in ``path`` (what the service runs), batched."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path / "model.tflite"), num_threads=2).get_signature_runner("serving_default")
+
+    def predict(images: np.ndarray) -> dict[str, np.ndarray]:
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(images), batch_size):
+            batch = np.ascontiguousarray(images[start : start + batch_size], np.float32)
+            for key, value in runner(images=batch).items():
+                parts.setdefault(key, []).append(value)
+        return {key: np.concatenate(values) for key, values in parts.items()}
+
+    return predict
+
+
+def served_predict(path: Path) -> Predict:
+    """The exported model as the service runs it: ``model.tflite`` when there is one, else the SavedModel."""
+    return litert_predict(path) if (path / "model.tflite").exists() else load_saved_model(path)
+
+
 def noisy_images(images: np.ndarray, std: float, seed: int = TEST_NOISE_SEED) -> np.ndarray:
     """Add seeded Gaussian noise and clip to 0..1, as the denoiser is evaluated."""
     rng = np.random.default_rng(seed)

@@ -1,8 +1,9 @@
 """Export a trained recipe as a SavedModel with its manifest and extra arrays.
 
 Layout (TensorFlow Serving's): ``models/<name>/<version>/`` holds ``saved_model.pb``,
-``variables/``, ``manifest.json`` and, where the head needs them, ``clusters.npz``
-and ``reconstruction_errors.json``. The manifest lists the sha256 of every other file.
+``variables/``, ``model.tflite`` (the same graph compiled for LiteRT, which the service runs),
+``manifest.json`` and, where the head needs them, ``clusters.npz`` and
+``reconstruction_errors.json``. The manifest lists the sha256 of every other file.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from training import __version__
 from training.datasets import Dataset
 from training.evaluate import error_quantiles, evaluate, load_saved_model
 from training.procedures import Context, Trained
+from training.tflite import tensor_names, write_tflite
 from training.zoo import Spec
 
 SIGNATURE = "serving_default"
@@ -181,6 +183,18 @@ def build_manifest(
     return manifest
 
 
+def add_litert(folder: Path, manifest: dict, test_images: np.ndarray) -> None:
+    """Compile the SavedModel in ``folder`` to ``model.tflite``, checked on ``test_images``; note it in ``manifest``."""
+    manifest["litert"] = write_tflite(folder, manifest, test_images)
+    manifest["tensor_names"] = tensor_names(folder)
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    """Write ``manifest.json`` with the sha256 of every other file in ``folder``."""
+    manifest["files"] = sha256_files(folder)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
 def export(
     spec: Spec,
     trained: Trained,
@@ -225,8 +239,8 @@ def export(
         )
 
     manifest = build_manifest(spec, trained, data, ctx, version, metrics, quantiles, wall_time_s)
-    manifest["files"] = sha256_files(staging)
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    add_litert(staging, manifest, data.test.pixels())
+    write_manifest(staging, manifest)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target

@@ -87,13 +87,13 @@ def _tensor_info(dtype: str, shape: list[int], name: str) -> dict:
 
 
 def _metadata(model: ServedModel) -> dict:
-    signature = model.signature
-    graph_outputs = signature.structured_outputs
+    # The SavedModel's graph tensor names, which the export recorded (whichever runtime serves it).
+    names = model.manifest.get("tensor_names", {})
     outputs = {
-        key: _tensor_info(spec["dtype"], tensor_shape(model, key), graph_outputs[key].name)
+        key: _tensor_info(spec["dtype"], tensor_shape(model, key), names.get("outputs", {}).get(key, key))
         for key, spec in model.manifest["outputs"].items()
     }
-    inputs = {INPUT: _tensor_info("float32", [-1, 28, 28], signature.inputs[0].name)}
+    inputs = {INPUT: _tensor_info("float32", [-1, 28, 28], names.get("inputs", {}).get(INPUT, INPUT))}
     definition = {"inputs": inputs, "outputs": outputs, "method_name": "tensorflow/serving/predict"}
     return {
         "model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},

@@ -36,7 +36,8 @@ Registered = Annotated[Registry, Depends(get_registry)]
 INPUT = "images"
 # Accepted input datatypes and the value that stands for white.
 SCALES = {"FP32": 1.0, "FP64": 1.0, "FP16": 1.0, "UINT8": 255.0}
-PLATFORM = "tensorflow_savedmodel"
+# The model format each runtime serves, as Triton names them.
+PLATFORMS = {"litert": "tflite", "tensorflow": "tensorflow_savedmodel"}
 ERRORS = {400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 INFER_BODY = {
     "requestBody": {
@@ -80,7 +81,7 @@ def _metadata(registry: Registry, model: ServedModel) -> dict:
     return {
         "name": model.name,
         "versions": [str(v) for v in sorted(registry.models.get(model.name, {}))],
-        "platform": PLATFORM,
+        "platform": PLATFORMS[registry.runtime],
         "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, 28, 28]}],
         "outputs": outputs,
     }
