@@ -28,6 +28,8 @@ LIGHTNESS = {"LAB": "L", "HSV": "V"}
 
 def _to_grey(image: Image.Image) -> np.ndarray:
     """Any Pillow mode to a float32 grey array in 0..1 (transparency composited onto white)."""
+    if image.mode == "L":  # most uploads: no conversion, no copy before the scaling
+        return np.asarray(image, dtype=np.float32) / np.float32(255.0)
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         return np.asarray(image, dtype=np.uint16).astype(np.float32) / 65535.0
     if image.mode in ("I", "F"):

@@ -262,5 +262,5 @@ class InferenceRoutes:
         served = self.registry.resolve(endpoint.name, params.dataset, params.model)
         body = await read_body(receive, length, self.limits.max_body_bytes)
         received.body = True
-        images = await read_images(content_type or "", body, self.limits, params.preprocess)
+        images = read_images(content_type or "", body, self.limits, params.preprocess)
         return served, await endpoint.answer(served, images, media, params)

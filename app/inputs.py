@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
 from python_multipart.multipart import parse_options_header
-from starlette.datastructures import Headers, UploadFile
-from starlette.formparsers import MultiPartParser
 
 from app.errors import ApiError
 from app.imaging import decode_image, mnist_style, plain_28
 
 NPY_MAGIC = b"\x93NUMPY"
 MEDIA_TYPES = ("multipart/form-data", "application/json", "application/x-npy")
+# Form fields (parts without a filename) a multipart body may carry besides its files.
+MAX_FORM_FIELDS = 16
 
 
 @dataclass(frozen=True)
@@ -121,49 +120,90 @@ def parse_npy(body: bytes, limits: Limits) -> np.ndarray:
     return check_batch(images, limits, 255.0 if dtype == np.uint8 else 1.0)
 
 
-async def parse_multipart(content_type: str, body: bytes, limits: Limits, preprocess: bool) -> np.ndarray:
+@dataclass(frozen=True)
+class Part:
+    """One part of a multipart body: its form name, its filename (``None`` for a plain field) and bytes."""
+
+    name: str | None
+    filename: str | None
+    data: bytes
+
+
+def _part_headers(block: bytes) -> dict[bytes, bytes]:
+    headers = {}
+    for line in block.split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if not colon or not name.strip():
+            raise ApiError(400, "malformed multipart body (a part header line has no name: value)")
+        headers[name.strip().lower()] = value.strip()
+    return headers
+
+
+def split_multipart(body: bytes, boundary: bytes) -> list[Part]:
+    """The parts of a ``multipart/form-data`` body held in memory (RFC 7578 and RFC 2046's syntax).
+
+    The whole body is already read and bounded, so the parts are slices of it: no spooled
+    temporary files and no streaming state machine. Raises 400 for a malformed or truncated body.
+    """
+    delimiter = b"--" + boundary
+    first = body.find(delimiter)
+    if first == -1 or (first > 0 and body[first - 2 : first] != b"\r\n"):
+        raise ApiError(400, "malformed multipart body (no part starts with the boundary)")
+    if delimiter + b"--" not in body:
+        raise ApiError(400, "multipart body is truncated: its closing boundary is missing")
+    separator = b"\r\n" + delimiter
+    parts, at = [], first + len(delimiter)
+    while not body.startswith(b"--", at):
+        line_end = body.find(b"\r\n", at)
+        if line_end == -1 or body[at:line_end].strip(b" \t"):
+            raise ApiError(400, "malformed multipart body (a boundary line carries other text)")
+        headers_start = line_end + 2
+        if body.startswith(b"\r\n", headers_start):
+            headers, data_start = {}, headers_start + 2
+        else:
+            headers_end = body.find(b"\r\n\r\n", headers_start)
+            if headers_end == -1:
+                raise ApiError(400, "malformed multipart body (a part's headers never end)")
+            headers, data_start = _part_headers(body[headers_start:headers_end]), headers_end + 4
+        data_end = body.find(separator, data_start)
+        if data_end == -1:
+            raise ApiError(400, "multipart body is truncated: a part has no closing boundary")
+        disposition, options = parse_options_header(headers.get(b"content-disposition", b""))
+        if disposition != b"form-data":
+            raise ApiError(400, "malformed multipart body (a part's Content-Disposition is not form-data)")
+        name, filename = options.get(b"name"), options.get(b"filename")
+        parts.append(
+            Part(
+                name.decode("utf-8", "replace") if name is not None else None,
+                filename.decode("utf-8", "replace") if filename is not None else None,
+                body[data_start:data_end],
+            )
+        )
+        at = data_end + len(separator)
+    return parts
+
+
+def parse_multipart(content_type: str, body: bytes, limits: Limits, preprocess: bool) -> np.ndarray:
     """Parts named ``file``, each an image → batch (MNIST-style preprocessing unless ``preprocess`` is off)."""
-
-    async def stream() -> AsyncGenerator[bytes, None]:
-        yield body
-
     boundary = parse_options_header(content_type)[1].get(b"boundary")
     if not boundary:
         raise ApiError(400, "multipart Content-Type has no boundary parameter")
-    # The parser drops a part cut off before the closing boundary without a word (and leaves its temporary
-    # file open): a truncated body is malformed, refused before parsing.
-    if b"--" + boundary + b"--" not in body:
-        raise ApiError(400, "multipart body is truncated: its closing boundary is missing")
-    parser = MultiPartParser(
-        Headers({"content-type": content_type}),
-        stream(),
-        max_files=limits.max_batch + 1,
-        max_fields=16,
-        max_part_size=limits.max_body_bytes,
-    )
-    try:
-        form = await parser.parse()
-    except Exception as exc:  # noqa: BLE001 - the multipart parser raises several unrelated types
-        # starlette's own limits on parts: over a limit (413), not malformed
-        if str(exc).startswith("Too many files"):
-            most = limits.max_batch
-            raise ApiError(413, f"more than {most} images in one request; the limit is {most}") from None
-        if str(exc).startswith("Too many fields"):
-            raise ApiError(413, 'too many form fields besides the files; send only parts named "file"') from None
-        raise ApiError(400, f"malformed multipart body ({exc})") from None
-    try:
-        files = [part for key, part in form.multi_items() if key == "file" and isinstance(part, UploadFile)]
-        if not files:
-            raise ApiError(422, 'multipart body has no image part named "file"')
-        if len(files) > limits.max_batch:
-            raise ApiError(413, f"{len(files)} images in one request; the limit is {limits.max_batch}")
-        images = []
-        for part in files:
-            grey = decode_image(await part.read(), limits.max_image_pixels)
-            images.append(mnist_style(grey) if preprocess else plain_28(grey))
-    finally:
-        await form.close()
-    return check_batch(np.stack(images), limits)
+    parts = split_multipart(body, boundary)
+    files = [part for part in parts if part.filename is not None]
+    if len(parts) - len(files) > MAX_FORM_FIELDS:
+        raise ApiError(413, 'too many form fields besides the files; send only parts named "file"')
+    files = [part for part in files if part.name == "file"]
+    if not files:
+        raise ApiError(422, 'multipart body has no image part named "file"')
+    if len(files) > limits.max_batch:
+        raise ApiError(413, f"more than {limits.max_batch} images in one request; the limit is {limits.max_batch}")
+    return check_batch(np.stack([image_file(part.data, limits, preprocess) for part in files]), limits)
+
+
+def image_file(data: bytes, limits: Limits, preprocess: bool = True) -> np.ndarray:
+    """One uploaded image file → ``float32 [28,28]`` (MNIST-style preprocessing unless ``preprocess`` is off)."""
+    grey = decode_image(data, limits.max_image_pixels)
+    return mnist_style(grey) if preprocess else plain_28(grey)
 
 
 def media_type(content_type: str) -> str:
@@ -176,7 +216,7 @@ def media_type(content_type: str) -> str:
     return media
 
 
-async def read_images(content_type: str, body: bytes, limits: Limits, preprocess: bool = True) -> np.ndarray:
+def read_images(content_type: str, body: bytes, limits: Limits, preprocess: bool = True) -> np.ndarray:
     """Decode any accepted request body into one ``float32 [N,28,28]`` batch in 0..1, or raise a 4xx."""
     media = media_type(content_type)
     if not body:
@@ -185,4 +225,4 @@ async def read_images(content_type: str, body: bytes, limits: Limits, preprocess
         return parse_json(body, limits)
     if media == "application/x-npy":
         return parse_npy(body, limits)
-    return await parse_multipart(content_type, body, limits, preprocess)
+    return parse_multipart(content_type, body, limits, preprocess)

@@ -8,7 +8,6 @@ boundaries (shapes, dtypes, ranges, limits) and damaged ones (bytes flipped, cut
 
 from __future__ import annotations
 
-import asyncio
 import io
 import math
 import os
@@ -283,7 +282,7 @@ def test_parse_multipart_of_image_parts(parts, close):
     body = multipart_body(parts, close)
     content_type = f"multipart/form-data; boundary={BOUNDARY}"
     for preprocess in (True, False):
-        batch_or_client_error(lambda p=preprocess: asyncio.run(parse_multipart(content_type, body, LIMITS, p)))
+        batch_or_client_error(lambda p=preprocess: parse_multipart(content_type, body, LIMITS, p))
 
 
 @PROPERTY
@@ -309,7 +308,7 @@ def test_parse_multipart_of_image_parts(parts, close):
     st.booleans(),
 )
 def test_read_images_of_any_body(content_type, body, preprocess):
-    batch_or_client_error(lambda: asyncio.run(read_images(content_type, body, LIMITS, preprocess)))
+    batch_or_client_error(lambda: read_images(content_type, body, LIMITS, preprocess))
 
 
 @pytest.mark.parametrize("scale", [1, 255])

@@ -12,9 +12,8 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from app.errors import ApiError
-from app.imaging import decode_image, mnist_style
 from app.inference import ClientGoneError, read_body
-from app.inputs import Limits, check_batch, image_count
+from app.inputs import Limits, check_batch, image_count, image_file
 from app.registry import Registry, ServedModel
 from app.responses import JSON, json_body
 
@@ -70,8 +69,8 @@ def as_images(values: Any, limits: Limits, what: str, scale: float = 1.0) -> np.
     return check_batch(array.reshape(-1, 28, 28), limits, scale)
 
 
-def image_file(encoded: Any, limits: Limits) -> np.ndarray:
-    """``{"b64": ...}``'s base64 image file (PNG, JPEG, ...) → one 28x28 image, made as MNIST was."""
+def b64_image_file(encoded: Any, limits: Limits) -> np.ndarray:
+    """``{"b64": ...}``'s base64 image file (PNG, JPEG, ...) → one 28x28 image, made as an upload is."""
     if not isinstance(encoded, str):
         raise ApiError(400, '"b64" must be a string of base64 image file bytes')
     try:
@@ -80,7 +79,7 @@ def image_file(encoded: Any, limits: Limits) -> np.ndarray:
         raise ApiError(400, '"b64" is not valid base64') from None
     if len(data) == 0:
         raise ApiError(400, '"b64" holds no bytes')
-    return mnist_style(decode_image(data, limits.max_image_pixels))
+    return image_file(data, limits)
 
 
 def tensor_shape(model: ServedModel, name: str) -> list[int]:

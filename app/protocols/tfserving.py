@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from app.dependencies import get_registry
 from app.errors import ApiError
 from app.inputs import Limits, check_batch
-from app.protocols.common import TF_DTYPES, answer, as_images, find_model, image_file, read_json, tensor_shape
+from app.protocols.common import TF_DTYPES, answer, as_images, b64_image_file, find_model, read_json, tensor_shape
 from app.registry import Registry, ServedModel
 from app.responses import JSON, json_body
 from app.schemas import ErrorResponse
@@ -107,7 +107,7 @@ def _instance(value: Any, limits: Limits) -> Any:
         if set(value) == {INPUT}:
             return _instance(value[INPUT], limits)
         if set(value) == {"b64"}:
-            return image_file(value["b64"], limits)
+            return b64_image_file(value["b64"], limits)
         raise ApiError(400, f'an instance names inputs {sorted(value)}; the signature\'s one input is "{INPUT}"')
     return value
 
