@@ -93,9 +93,9 @@ class Batcher:
             self._queued_images += len(chunk)
             futures.append(future)
         self._wakeup.set()
+        if len(futures) == 1:
+            return await futures[0]
         results = await asyncio.gather(*futures)
-        if len(results) == 1:
-            return results[0]
         return {key: np.concatenate([r[key] for r in results]) for key in results[0]}
 
     def _take(self) -> list[_Pending]:

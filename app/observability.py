@@ -54,6 +54,10 @@ def configure_logging(level: str, form: str, access_log: bool = True) -> None:
     With ``access_log`` the service writes one line per request itself (with its request id), and
     uvicorn's own access lines, which would repeat them, are switched off.
     """
+    # What the service's lines never show, no record collects (the logging HOWTO's "Optimization"
+    # table): the calling frame, thread, process and multiprocessing names. About 4 µs per line.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     formatter = JsonFormatter() if form == "json" else logging.Formatter(TEXT_FORMAT)
     logger = logging.getLogger("aeserve")
     logger.setLevel(level.upper())
