@@ -79,6 +79,8 @@ CHANGES: list[tuple[str, str, str, Callable[[Path, str], None], str]] = [
         "sha256",
     ),
     ("fingerprint-deleted", SMALL, "fingerprint.pb", lambda v, rel: (v / rel).unlink(), "missing"),
+    ("litert-model-byte-flipped", SMALL, "model.tflite", lambda v, rel: flip_byte(v / rel), "sha256"),
+    ("litert-model-deleted", "mnist-umap-gmm", "model.tflite", lambda v, rel: (v / rel).unlink(), "missing"),
     ("recorded-digest-edited", SMALL, "saved_model.pb", edit_recorded_digest, "sha256"),
 ]
 
@@ -109,6 +111,18 @@ async def test_a_changed_model_file_is_detected_and_reported(tmp_path, model, re
             headers={"content-type": "application/x-npy"},
         )
         assert named.status_code == 503 and rel in named.json()["error"]
+
+
+def test_a_model_without_its_litert_form_says_how_to_make_it(tmp_path):
+    """A model exported before model.tflite existed: LiteRT refuses it by name, TensorFlow still serves it."""
+    version = copy_model(SMALL, tmp_path)
+    manifest = json.loads((version / "manifest.json").read_text())
+    del manifest["litert"], manifest["files"]["model.tflite"]
+    (version / "model.tflite").unlink()
+    (version / "manifest.json").write_text(json.dumps(manifest))
+    state = ready_app(models_dir=tmp_path).state.registry.states[(SMALL, 1)]
+    assert state.status == "failed" and "python -m training convert" in state.reason, state.reason
+    assert ready_app(models_dir=tmp_path, runtime="tensorflow").state.registry.ready
 
 
 def test_the_untouched_copy_loads(tmp_path):
