@@ -317,3 +317,52 @@ def test_a_valid_json_batch_round_trips(scale):
     images = np.random.default_rng(scale).integers(0, 256, (3, 28, 28)) / (255 / scale)
     body = orjson.dumps({"images": images.tolist(), "pixel_scale": scale})
     np.testing.assert_allclose(parse_json(body, LIMITS), images / scale, atol=1e-6)
+
+
+PART_NAMES = st.sampled_from(["file", "other", "fïle", "a b", "x" * 40])
+PART_BYTES = st.one_of(
+    st.binary(max_size=300),
+    st.sampled_from([b"", b"\r\n", b"--", b"\r\n--property", b"--\r\n\r\n", b"a\r\n\r\nb"]),
+)
+
+
+@PROPERTY
+@given(st.lists(st.tuples(PART_NAMES, st.none() | st.sampled_from(["a.png", "ü.png", ""]), PART_BYTES), max_size=5))
+def test_split_multipart_reads_what_a_streaming_parser_reads(parts):
+    """The in-memory splitter gives the parts starlette's streaming multipart parser gives, for bodies
+    encoded by a standard client library (urllib3, which requests uses): names, filenames and bytes."""
+    import asyncio
+
+    from starlette.datastructures import Headers, UploadFile
+    from starlette.formparsers import MultiPartParser
+    from urllib3 import encode_multipart_formdata
+
+    from app.inputs import split_multipart
+
+    fields = [(name, (file, data) if file is not None else data.decode("latin-1")) for name, file, data in parts]
+    body, content_type = encode_multipart_formdata(fields, boundary=BOUNDARY)
+    ours = [(p.name, p.filename, p.data) for p in split_multipart(body, BOUNDARY.encode())]
+
+    async def stream():
+        yield body
+
+    async def theirs():
+        parser = MultiPartParser(Headers({"content-type": content_type}), stream(), max_files=99, max_fields=99)
+        form = await parser.parse()
+        found = []
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                found.append((name, value.filename, await value.read()))
+            else:
+                found.append((name, None, value.encode("latin-1")))
+        await form.close()
+        return found
+
+    expected = asyncio.run(theirs())
+    # starlette decodes text fields as UTF-8 with replacement; compare the file parts' bytes exactly and
+    # every part's name and filename
+    assert [(n, f) for n, f, _ in ours] == [(n, f) for n, f, _ in expected]
+    assert [d for _, f, d in ours if f is not None] == [d for _, f, d in expected if f is not None]
+    # and every part's bytes as the encoder wrote them (text fields as UTF-8)
+    sent = [data if filename is not None else data.decode("latin-1").encode() for _, filename, data in parts]
+    assert [d for _, _, d in ours] == sent
