@@ -10,11 +10,19 @@ SavedModel itself, as TF Serving would.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+log = logging.getLogger("aeserve")
 
 Outputs = dict[str, np.ndarray]
 RUNTIMES = ("litert", "tensorflow")
@@ -27,6 +35,36 @@ LITERT_CALL_IMAGES = 64
 # TensorFlow batches are padded up to one of these sizes, each warmed at load: oneDNN prepares its
 # kernels per shape, and a first call at a new size costs milliseconds.
 TF_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+_first_call = threading.Lock()
+_native_logger_heard = False
+
+
+@contextmanager
+def _native_stderr_as_log() -> Iterator[None]:
+    """Lines native code writes to file descriptor 2 meanwhile become log records.
+
+    LiteRT's C++ logger prints plain text to stderr (once per process, as it creates its XNNPACK
+    delegate); the service's log is one JSON object per line. JSON lines written meanwhile by the
+    service itself pass through unchanged.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode("utf-8", "replace").splitlines():
+                if line.startswith("{"):
+                    print(line, file=sys.stderr)
+                elif line.strip():
+                    log.info("litert: %s", line.strip())
 
 
 class RuntimeLoadError(Exception):
@@ -73,6 +111,12 @@ class LiteRtModel:
         if SIGNATURE not in self._signatures:
             raise RuntimeLoadError(f"{path.name} has no {SIGNATURE} signature")
         self.output_names = self._signatures[SIGNATURE]
+        global _native_logger_heard
+        with _first_call:
+            if not _native_logger_heard:  # the process's first LiteRT call announces its delegate
+                with _native_stderr_as_log():
+                    self.function(tuple(sorted(self.output_names)))(np.zeros((1, 28, 28), np.float32))
+                _native_logger_heard = True
 
     def function(self, outputs: tuple[str, ...]) -> Callable[[np.ndarray], Outputs]:
         wanted = set(outputs)

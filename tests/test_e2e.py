@@ -51,6 +51,8 @@ def test_real_server(workers, tmp_path):
     assert code == 0
     text = log_path.read_text()
     assert "Application shutdown complete" in text, (log_path, len(text))
+    if workers == 1:  # every line is JSON, LiteRT's native announcement included (a supervisor writes its own)
+        assert all(line.startswith("{") for line in text.splitlines() if line.strip()), text[:2000]
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     assert any(line["message"] == "Application startup complete." for line in lines)  # uvicorn's, as JSON
     access = [line for line in lines if line["logger"] == "aeserve.access"]
