@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     max_batch: int = Field(1024, gt=0, description="most images in one request (413 above)")
     max_image_pixels: int = Field(16_000_000, gt=0, description="most pixels of one uploaded image (413 above)")
     batching: bool = Field(True, description="answer requests that arrive together with one model call")
-    batch_max_size: int = Field(256, gt=0, description="most images in one model call")
+    batch_max_size: int = Field(256, gt=0, description="most images in one batch (LiteRT runs it in calls of 64)")
     batch_max_delay_us: int = Field(
         500,
         ge=0,
