@@ -196,3 +196,26 @@ def test_mixture_trainer_keeps_the_mixture_fixed():
     out = trainer(np.random.default_rng(5).normal(size=(4, 32)).astype(np.float32))
     assert tuple(out["embedding"].shape) == (4, 10) and tuple(out["cluster_probabilities"].shape) == (4, 10)
     assert {id(w) for w in trainer.trainable_weights} == {id(w) for w in embedder.trainable_weights}
+
+
+def test_softmax_mixture_posterior_is_the_softmax_of_the_embedding():
+    from training.layers import GaussianMixtureHead
+    from training.procedures import mixture_log_joint, softmax_mixture
+
+    mixture = softmax_mixture(10)
+    logits = np.random.default_rng(6).normal(0.0, 5.0, size=(50, 10)).astype(np.float32)
+    posterior, component = GaussianMixtureHead(**mixture)(logits)
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(np.asarray(posterior), expected / expected.sum(axis=1, keepdims=True), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(component), logits.argmax(axis=1))
+    np.testing.assert_array_equal(mixture_log_joint(logits, mixture).argmax(axis=1), logits.argmax(axis=1))
+
+
+def test_confident_subset_keeps_each_clusters_widest_margins():
+    from training.procedures import confident_subset
+
+    log_joint = np.array([[5.0, 0.0], [1.0, 0.0], [3.0, 0.0], [0.0, 4.0], [0.0, 0.5]])
+    kept, assigned = confident_subset(log_joint, 0.5)
+    np.testing.assert_array_equal(assigned, [0, 0, 0, 1, 1])
+    # cluster 0: round(1.5) = 2 of its 3 points (margins 5, 3); cluster 1: 1 of 2 (margin 4)
+    np.testing.assert_array_equal(kept, [0, 2, 3])

@@ -107,6 +107,8 @@ def fit(model, x, y, val, cfg: dict, ctx: Context, phase: str, loss="mse", metri
 def _train_clustered(data: Dataset, cfg: dict, ctx: Context, build, kind: str, standardized_target: bool) -> Trained:
     """Train the autoencoder, then KMeans on its training codes (labels never used to fit it).
 
+    KMeans keeps the lowest-inertia partition of ``kmeans_n_init`` starts (10 when not given).
+
     Each cluster's majority training label is kept as its ``label_hint``, for display only.
     """
     x, xv = data.train.pixels(), data.val.pixels()
@@ -118,7 +120,8 @@ def _train_clustered(data: Dataset, cfg: dict, ctx: Context, build, kind: str, s
     model = build()
     history = fit(model, x, target, (xv, target_val), cfg, ctx, "autoencoder")
     codes = model.get_layer("encoder").predict(x, verbose=0, batch_size=1000)
-    kmeans = KMeans(n_clusters=cfg["n_clusters"], n_init=10, random_state=ctx.seed).fit(codes)
+    kmeans = KMeans(n_clusters=cfg["n_clusters"], n_init=cfg.get("kmeans_n_init", 10), random_state=ctx.seed).fit(codes)
+    print(f"  KMeans: inertia {kmeans.inertia_:.6g} (best of {kmeans.n_init} starts)", flush=True)
     centres = kmeans.cluster_centers_.astype(np.float32)
     hints = majority_labels(data.train.labels, kmeans.labels_, cfg["n_clusters"])
     serving = recipes.serving_model(model, kind, centres=centres)
@@ -348,6 +351,105 @@ def train_conv_denoiser(data: Dataset, cfg: dict, ctx: Context) -> Trained:
     return Trained(recipes.denoiser_serving(model), {"denoiser": history})
 
 
+def mixture_log_joint(embedding: np.ndarray, mixture: dict[str, np.ndarray]) -> np.ndarray:
+    """``log w_k + log N(e; μ_k, Σ_k)`` of each point and component, in float64: the mixture head's logits."""
+    chol = mixture["precisions_cholesky"].astype(np.float64)
+    projected = np.einsum("nd,kde->nke", embedding.astype(np.float64), chol)
+    shift = np.einsum("kd,kde->ke", mixture["means"].astype(np.float64), chol)
+    squared = np.sum((projected - shift[None]) ** 2, axis=-1)
+    log_det = np.sum(np.log(np.diagonal(chol, axis1=1, axis2=2)), axis=-1)
+    dim = embedding.shape[1]
+    return np.log(mixture["weights"].astype(np.float64)) + log_det - 0.5 * (dim * np.log(2 * np.pi) + squared)
+
+
+def confident_subset(log_joint: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each component's most confident ``fraction`` of its points, by the gap between the two best logits.
+
+    Returns the kept indices and every point's assigned component.
+    """
+    assigned = np.argmax(log_joint, axis=1)
+    top_two = np.sort(log_joint, axis=1)[:, -2:]
+    margin = top_two[:, 1] - top_two[:, 0]
+    kept = []
+    for k in np.unique(assigned):
+        members = np.flatnonzero(assigned == k)
+        n_keep = max(1, round(fraction * len(members)))
+        kept.append(members[np.argsort(-margin[members])[:n_keep]])
+    return np.sort(np.concatenate(kept)), assigned
+
+
+def confident_self_training(
+    encoder: keras.Model,
+    embedder: keras.Model,
+    x: np.ndarray,
+    initial_log_joint: np.ndarray,
+    cfg: dict,
+    ctx: Context,
+) -> dict[str, list[float]]:
+    """Rounds of self-training on confident assignments only (DEC-DA style), labels never used.
+
+    The embedding network's output is read as the logits of a softmax over the clusters. Each
+    round keeps every cluster's most confident ``confident_fraction`` of the training images (by
+    the margin between the two best logits), takes their cluster as a one-hot target and trains
+    encoder and embedding network end to end (cross-entropy) on augmented copies of them for
+    ``epochs_per_round`` epochs. The first round's assignments are ``initial_log_joint``'s (the
+    UMAP embedding's mixture); every later round re-derives them from the network's own logits
+    on the un-augmented images. The served mixture is then :func:`softmax_mixture`, whose
+    posterior is the softmax of these logits.
+    """
+    augment = recipes.augmentation(**cfg["augment"])
+    images = keras.Input(recipes.IMAGE_SHAPE, name="images")
+    logits = embedder(encoder(augment(images)))
+    probabilities = keras.layers.Softmax(name="cluster_probabilities")(logits)
+    classifier = keras.Model(images, probabilities, name="confident_self_training")
+    embed = keras.Sequential([encoder, embedder], name="embed")
+    history: dict[str, list[float]] = {"loss": [], "kept": [], "changed_assignments": []}
+    log_joint, previous = initial_log_joint, None
+    epochs = ctx.epochs(cfg["epochs_per_round"])
+    print(
+        f"  confident self-training: {cfg['rounds']} rounds of {epochs} epochs on the most confident "
+        f"{cfg['confident_fraction']:.0%} per cluster, {cfg['optimizer']} lr {cfg['lr']}",
+        flush=True,
+    )
+    for round_ in range(cfg["rounds"]):
+        start = time.perf_counter()
+        kept, assigned = confident_subset(log_joint, cfg["confident_fraction"])
+        changed = float(np.mean(assigned != previous)) if previous is not None else 0.0
+        targets = np.eye(log_joint.shape[1], dtype=np.float32)[assigned[kept]]
+        steps = math.ceil(len(kept) / cfg["batch_size"])
+        lr = keras.optimizers.schedules.CosineDecay(cfg["lr"], decay_steps=epochs * steps)
+        classifier.compile(optimizer=optimizer(cfg["optimizer"], lr), loss="categorical_crossentropy")
+        fitted = classifier.fit(
+            x[kept], targets, batch_size=cfg["batch_size"], epochs=epochs, shuffle=True, verbose=ctx.fit_verbosity
+        )
+        history["loss"].append(float(fitted.history["loss"][-1]))
+        history["kept"].append(float(len(kept)))
+        history["changed_assignments"].append(changed)
+        previous = assigned
+        log_joint = embed.predict(x, verbose=0, batch_size=1000)
+        print(
+            f"  round {round_ + 1}: {len(kept)} images kept, {changed:.2%} assignments changed since the "
+            f"last round, {time.perf_counter() - start:.1f} s",
+            flush=True,
+        )
+    return history
+
+
+def softmax_mixture(n_clusters: int) -> dict[str, np.ndarray]:
+    """The Gaussian mixture whose posterior is the softmax of its input: it reads the embedding as logits.
+
+    Unit covariances, equal weights, component ``k`` centred on the ``k``-th one-hot vector:
+    ``log N(e; e_k, I) = e_k - (|e|² + 1 + d log 2π) / 2``, so the posterior is ``softmax(e)``
+    and the most likely component is the largest logit, exactly (the self-trained network's cluster).
+    """
+    eye = np.eye(n_clusters, dtype=np.float32)
+    return {
+        "means": eye,
+        "precisions_cholesky": np.repeat(eye[None], n_clusters, axis=0),
+        "weights": np.full(n_clusters, 1.0 / n_clusters, np.float32),
+    }
+
+
 def train_umap_gmm(data: Dataset, cfg: dict, ctx: Context) -> Trained:
     """Autoencoder codes, UMAP of the training codes, a full-covariance Gaussian mixture on it.
 
@@ -355,8 +457,11 @@ def train_umap_gmm(data: Dataset, cfg: dict, ctx: Context) -> Trained:
     images go through one graph: encoder, embedding network, the mixture's posterior. It is
     trained on the embedding (MSE) and on the mixture's posterior of each training image
     (cross-entropy through the fixed mixture head), then fine-tuned end to end with the encoder
-    on augmented images (self-training on the mixture's own assignments). Labels are used only
-    to name each component's majority class (``label_hint``) and to report.
+    on augmented images (self-training on the mixture's own assignments). With
+    ``confident_self_training`` in the config the network is then trained on the mixture's most
+    confident assignments only, its output read as logits, and the served mixture becomes
+    :func:`softmax_mixture`. Labels are used only to name each component's majority class
+    (``label_hint``) and to report.
     """
     import umap  # the training extra; only this recipe needs it
 
@@ -419,15 +524,21 @@ def train_umap_gmm(data: Dataset, cfg: dict, ctx: Context) -> Trained:
             loss=losses,
         )
 
-    serving = recipes.gmm_serving(encoder, embedder, **mixture, name=_model_name(data, "umap_gmm"))
     assigned = gmm.predict(embedding)
+    notes = {"umap_gmm_train_cluster_acc": cluster_accuracy(data.train.labels, assigned)}
+    if cfg.get("confident_self_training"):
+        confident = cfg["confident_self_training"]
+        history["confident_self_training"] = confident_self_training(
+            encoder, embedder, x, mixture_log_joint(embedding, mixture), confident, ctx
+        )
+        # the network's last layer now gives logits: the served mixture is their softmax
+        mixture = softmax_mixture(cfg["n_clusters"])
+
+    serving = recipes.gmm_serving(encoder, embedder, **mixture, name=_model_name(data, "umap_gmm"))
     served = serving.predict(x, verbose=0, batch_size=1000)["cluster"]
     hints = majority_labels(data.train.labels, served, cfg["n_clusters"])
-    notes = {
-        "umap_gmm_train_cluster_acc": cluster_accuracy(data.train.labels, assigned),
-        "served_train_cluster_acc": cluster_accuracy(data.train.labels, served),
-        "served_agreement_with_umap_gmm_train": float(np.mean(served == assigned)),
-    }
+    notes["served_train_cluster_acc"] = cluster_accuracy(data.train.labels, served)
+    notes["served_agreement_with_umap_gmm_train"] = float(np.mean(served == assigned))
     return Trained(serving, history, label_hints=hints, mixture=mixture, notes=notes)
 
 
