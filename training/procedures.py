@@ -458,10 +458,11 @@ def train_umap_gmm(data: Dataset, cfg: dict, ctx: Context) -> Trained:
     trained on the embedding (MSE) and on the mixture's posterior of each training image
     (cross-entropy through the fixed mixture head), then fine-tuned end to end with the encoder
     on augmented images (self-training on the mixture's own assignments). With
-    ``confident_self_training`` in the config the network is then trained on the mixture's most
-    confident assignments only, its output read as logits, and the served mixture becomes
-    :func:`softmax_mixture`. Labels are used only to name each component's majority class
-    (``label_hint``) and to report.
+    ``confident_self_training`` in the config, encoder and network are instead trained end to end
+    to predict the mixture's assignments (each component's most confident share of them, or all),
+    the network's output read as logits, and the served mixture becomes :func:`softmax_mixture`;
+    the parametric and self-training phases are skipped where their epochs are 0. Labels are
+    used only to name each component's majority class (``label_hint``) and to report.
     """
     import umap  # the training extra; only this recipe needs it
 
@@ -504,11 +505,11 @@ def train_umap_gmm(data: Dataset, cfg: dict, ctx: Context) -> Trained:
 
     embedder = recipes.embedding_network(codes.shape[1], cfg["embedding_dim"], cfg["hidden"])
     on_codes = recipes.mixture_trainer(embedder, mixture, keras.Input((codes.shape[1],), name="codes"))
-    history = {
-        "parametric": fit(
+    history = {}
+    if cfg["parametric"]["epochs"]:
+        history["parametric"] = fit(
             on_codes, codes, targets, (codes_val, targets_val), cfg["parametric"], ctx, "parametric map", loss=losses
         )
-    }
     if cfg["self_training"]["epochs"]:
         augment = recipes.augmentation(**cfg["self_training"]["augment"])
         images = keras.Input(recipes.IMAGE_SHAPE, name="images")
