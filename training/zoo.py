@@ -147,9 +147,12 @@ SPECS: tuple[Spec, ...] = (
         "per-image standardisation in the graph, dense 784-256-100 relu / 100-256-784 relu, linear out; "
         "MSE, Adam; KMeans with 10 clusters on the 100-d code",
         '"clustering is still poor" (no number)',
-        (Floor("cluster_acc", 0.53, source="RECIPES.md gives no number: KMeans on raw pixels, ACC 0.53"),),
+        (Floor("cluster_acc", 0.60, source="issue 2: KMeans-on-code clustering ACC ≥ 0.60"),),
         p.train_kmeans_mnist,
-        {"optimizer": "adam", "lr": 0.01, "batch_size": 256, "epochs": 20, "n_clusters": 10, "kmeans_n_init": 50},
+        # RECIPES.md fixes the layers, the loss, Adam and its rate; the batch size is ours. 128 of 64,
+        # 128, 256 and 512 (`train mnist-kmeans --set batch_size=N` prints each): the training partition's
+        # silhouette, which needs no labels, is highest there (0.193 against 0.185, 0.164 and 0.184).
+        {"optimizer": "adam", "lr": 0.01, "batch_size": 128, "epochs": 20, "n_clusters": 10, "kmeans_n_init": 50},
     ),
     Spec(
         "mnist",
