@@ -24,7 +24,7 @@ from training import __version__
 from training.datasets import Dataset
 from training.evaluate import error_quantiles, evaluate, load_saved_model
 from training.procedures import Context, Trained
-from training.tflite import tensor_names, write_tflite
+from training.tflite import write_tflite
 from training.zoo import Spec
 
 SIGNATURE = "serving_default"
@@ -185,8 +185,7 @@ def build_manifest(
 
 def add_litert(folder: Path, manifest: dict, test_images: np.ndarray) -> None:
     """Compile the SavedModel in ``folder`` to ``model.tflite``, checked on ``test_images``; note it in ``manifest``."""
-    manifest["litert"] = write_tflite(folder, manifest, test_images)
-    manifest["tensor_names"] = tensor_names(folder)
+    manifest["litert"], manifest["tensor_names"] = write_tflite(folder, manifest, test_images)
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:

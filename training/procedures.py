@@ -68,6 +68,8 @@ def rounded_accuracy(y_true, y_pred):
 
 # Binary cross-entropy with the "rounded accuracy" metric: how the Fashion-MNIST recipes train.
 BCE = {"loss": "binary_crossentropy", "metrics": [rounded_accuracy]}
+# A classifier fitted on the labels.
+CLASSIFICATION = {"loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}
 
 
 def fit(model, x, y, val, cfg: dict, ctx: Context, phase: str, loss="mse", metrics=None) -> dict:
@@ -154,8 +156,7 @@ def train_pretrained_classifier_mnist(data: Dataset, cfg: dict, ctx: Context) ->
         cfg["finetune"],
         ctx,
         "fine-tune",
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        **CLASSIFICATION,
     )
     return Trained(recipes.serving_model(classifier, "classifier"), {"pretrain": pretrain, "finetune": finetune})
 
@@ -283,11 +284,10 @@ def train_pretrained_classifier_fashion(data: Dataset, cfg: dict, ctx: Context) 
     # whole network is then fine-tuned, with few (``freeze_encoder``) the encoder stays frozen.
     classifier = recipes.classifier_on_encoder(lower, "fashion_pretrained_classifier", freeze_encoder=True)
     supervised = (x, labels, (xv, data.val.labels))
-    kw = {"loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}
-    history = {"head": fit(classifier, *supervised, cfg["head"], ctx, "head (encoder frozen)", **kw)}
+    history = {"head": fit(classifier, *supervised, cfg["head"], ctx, "head (encoder frozen)", **CLASSIFICATION)}
     if not cfg["freeze_encoder"]:
         lower.trainable = True
-        history["finetune"] = fit(classifier, *supervised, cfg["finetune"], ctx, "fine-tune all", **kw)
+        history["finetune"] = fit(classifier, *supervised, cfg["finetune"], ctx, "fine-tune all", **CLASSIFICATION)
     return Trained(recipes.serving_model(classifier, "classifier"), history)
 
 
@@ -331,8 +331,7 @@ def train_conv_classifier(data: Dataset, cfg: dict, ctx: Context) -> Trained:
         cfg["finetune"],
         ctx,
         "fine-tune (augmented)",
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        **CLASSIFICATION,
     )
     return Trained(recipes.serving_model(classifier, "classifier"), {"pretrain": pretrain, "finetune": finetune})
 

@@ -74,9 +74,8 @@ def signature_outputs(manifest: dict) -> dict[str, list[str]]:
     return {SIGNATURE: names, **table}
 
 
-def convert(folder: Path, manifest: dict) -> bytes:
-    """The LiteRT flatbuffer of the SavedModel in ``folder``, with :func:`signature_outputs`' signatures."""
-    loaded = tf.saved_model.load(str(folder))
+def convert(loaded: tf.Module, manifest: dict) -> bytes:
+    """The LiteRT flatbuffer of a loaded SavedModel, with :func:`signature_outputs`' signatures."""
     signature = loaded.signatures[SIGNATURE]
     functions = {key: _signature_function(signature, tuple(keys)) for key, keys in signature_outputs(manifest).items()}
     module = tf.Module()
@@ -89,8 +88,8 @@ def convert(folder: Path, manifest: dict) -> bytes:
         return converter.convert()
 
 
-def compare(folder: Path, flatbuffer: bytes, images: np.ndarray, chunk: int = 64) -> dict[str, float]:
-    """Every signature's outputs through LiteRT against the SavedModel's, on ``images``.
+def compare(reference, flatbuffer: bytes, images: np.ndarray, chunk: int = 64) -> dict[str, float]:
+    """Every signature's outputs through LiteRT against the SavedModel signature ``reference``'s, on ``images``.
 
     Float outputs give their largest absolute difference relative to the output's largest
     magnitude (at least 1); integer outputs (the cluster index) the fraction that differ.
@@ -98,7 +97,6 @@ def compare(folder: Path, flatbuffer: bytes, images: np.ndarray, chunk: int = 64
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    reference = tf.saved_model.load(str(folder)).signatures[SIGNATURE]
     expected = {key: value.numpy() for key, value in reference(images=tf.constant(images)).items()}
     interpreter = Interpreter(model_content=flatbuffer, num_threads=1)
     differences = {}
@@ -122,14 +120,17 @@ def compare(folder: Path, flatbuffer: bytes, images: np.ndarray, chunk: int = 64
     return differences
 
 
-def write_tflite(folder: Path, manifest: dict, images: np.ndarray) -> dict:
-    """Write ``folder/model.tflite`` for the SavedModel there; return the manifest's ``litert`` entry.
+def write_tflite(folder: Path, manifest: dict, images: np.ndarray) -> tuple[dict, dict]:
+    """Write ``folder/model.tflite`` for the SavedModel there (loaded once for all of it); return the
+    manifest's ``litert`` entry and the SavedModel's tensor names (:func:`tensor_names`).
 
     ``images`` (test images of the model's dataset) check the conversion; an output off by more
     than its :data:`TOLERANCE` (cluster indices: the fraction that differ) stops it.
     """
-    flatbuffer = convert(folder, manifest)
-    differences = compare(folder, flatbuffer, images)
+    loaded = tf.saved_model.load(str(folder))
+    signature = loaded.signatures[SIGNATURE]
+    flatbuffer = convert(loaded, manifest)
+    differences = compare(signature, flatbuffer, images)
     bad = {
         key: value
         for key, value in differences.items()
@@ -138,7 +139,7 @@ def write_tflite(folder: Path, manifest: dict, images: np.ndarray) -> dict:
     if bad:
         raise ValueError(f"the LiteRT conversion of {folder} differs from the SavedModel: {bad}")
     (folder / FILE).write_bytes(flatbuffer)
-    return {
+    entry = {
         "file": FILE,
         "signatures": signature_outputs(manifest),
         "converter": f"tensorflow {tf.__version__}",
@@ -146,12 +147,12 @@ def write_tflite(folder: Path, manifest: dict, images: np.ndarray) -> dict:
         "largest_difference": max(differences.values(), default=0.0),
         "differences": {key: float(f"{value:.3g}") for key, value in sorted(differences.items())},
     }
+    return entry, tensor_names(signature)
 
 
-def tensor_names(folder: Path) -> dict[str, dict[str, str]]:
-    """The graph tensor names of the SavedModel's ``serving_default`` (TF Serving's metadata shows them)."""
-    signature = tf.saved_model.load(str(folder)).signatures[SIGNATURE]
+def tensor_names(signature) -> dict[str, dict[str, str]]:
+    """The graph tensor names of a SavedModel's ``serving_default`` (TF Serving's metadata shows them)."""
     return {
         "inputs": {"images": signature.inputs[0].name},
-        "outputs": {key: tensor.name for key, tensor in signature.structured_outputs.items()},
+        "outputs": {key: tensor.name for key, tensor in sorted(signature.structured_outputs.items())},
     }

@@ -238,15 +238,20 @@ def _conv_small_config(filters: list[int], epochs: int) -> dict:
     }
 
 
-def _umap_gmm_config(
-    autoencoder: dict,
-    n_neighbors: int,
-    augment: dict,
-    parametric_epochs: int = 30,
-    self_training_epochs: int = 5,
-    confident: dict | None = None,
-) -> dict:
-    config = {
+CONFIDENT_SELF_TRAINING = {
+    "optimizer": "adam",
+    "lr": 0.0005,
+    "batch_size": 128,
+    "rounds": 1,
+    "epochs_per_round": 4,
+    "confident_fraction": 1.0,
+}
+
+
+def _umap_gmm_config(autoencoder: dict, n_neighbors: int, augment: dict) -> dict:
+    # The parametric-UMAP and mixture-head self-training phases are off (0 epochs) since confident
+    # self-training replaced them; `--set parametric.epochs=30` and the like still run them.
+    return {
         "autoencoder": autoencoder,
         "embedding_dim": 10,
         "n_neighbors": n_neighbors,
@@ -259,7 +264,7 @@ def _umap_gmm_config(
             "lr": 0.001,
             "schedule": "cosine",
             "batch_size": 256,
-            "epochs": parametric_epochs,
+            "epochs": 0,
         },
         "self_training": {
             "augment": augment,
@@ -267,22 +272,12 @@ def _umap_gmm_config(
             "lr": 0.0005,
             "schedule": "cosine",
             "batch_size": 128,
-            "epochs": self_training_epochs,
+            "epochs": 0,
         },
+        "confident_self_training": {"augment": augment, **CONFIDENT_SELF_TRAINING},
     }
-    if confident:
-        config["confident_self_training"] = {"augment": augment, **confident}
-    return config
 
 
-CONFIDENT_SELF_TRAINING = {
-    "optimizer": "adam",
-    "lr": 0.0005,
-    "batch_size": 128,
-    "rounds": 1,
-    "epochs_per_round": 4,
-    "confident_fraction": 1.0,
-}
 CONV_SMALL_MNIST = _conv_small_config([32, 64], 15)
 CONV_SMALL_FASHION = _conv_small_config([32, 64], 15)
 CONV_SMALL_ARCHITECTURE = (
@@ -358,14 +353,7 @@ SPECS += (
         "autoencoder + KMeans 0.88; N2D 0.979 on all 70k, 0.948 on test only; DEC-DA 0.985",
         (Floor("cluster_acc", 0.98, source=ISSUE_7),),
         p.train_umap_gmm,
-        _umap_gmm_config(
-            CONV_SMALL_MNIST,
-            10,
-            {"rotation_degrees": 10.0, "shift": 0.1, "flip": False},
-            parametric_epochs=0,
-            self_training_epochs=0,
-            confident=CONFIDENT_SELF_TRAINING,
-        ),
+        _umap_gmm_config(CONV_SMALL_MNIST, 10, {"rotation_degrees": 10.0, "shift": 0.1, "flip": False}),
     ),
     Spec(
         "fashion-mnist",
@@ -375,14 +363,7 @@ SPECS += (
         "N2D 0.672; DEC 0.62",
         (Floor("cluster_acc", 0.575, source=NOT_YET, goal=0.70),),
         p.train_umap_gmm,
-        _umap_gmm_config(
-            CONV_SMALL_FASHION,
-            10,
-            {"rotation_degrees": 0.0, "shift": 0.06, "flip": True},
-            parametric_epochs=0,
-            self_training_epochs=0,
-            confident=CONFIDENT_SELF_TRAINING,
-        ),
+        _umap_gmm_config(CONV_SMALL_FASHION, 10, {"rotation_degrees": 0.0, "shift": 0.06, "flip": True}),
     ),
 )
 
