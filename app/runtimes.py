@@ -1,8 +1,8 @@
 """What runs a model's graph: LiteRT on ``model.tflite`` (the default), or TensorFlow on the SavedModel.
 
 Both give the service the same thing: for a set of signature outputs, a blocking function from
-a ``float32 [N,28,28]`` batch to those outputs as NumPy arrays. LiteRT needs neither TensorFlow
-nor its 3 s import and 600 MB, and calls a small model in microseconds; the export checked its
+a ``float32 [N,28,28]`` batch to those outputs as NumPy arrays. LiteRT needs no TensorFlow (whose
+import alone takes seconds and hundreds of MB) and calls a small model in microseconds; the export checked its
 outputs against the SavedModel's on the whole test set (the manifest's ``litert`` entry).
 TensorFlow (``AESERVE_RUNTIME=tensorflow``, with ``pip install aeserve[train]``) runs the
 SavedModel itself, as TF Serving would.
