@@ -2,26 +2,98 @@
 
 Like TF Serving's ``batch_timeout_micros`` and Triton's ``max_queue_delay_microseconds``:
 the first request of a batch waits at most ``max_delay_us`` for others; a batch holds at
-most ``max_batch`` images (larger requests are split); model calls run on a model thread
-(one, shared by the batchers the registry makes), never on the event loop; the queue is
+most ``max_batch`` images (larger requests are split); model calls run on a
+:class:`ModelThread` (one, shared by the batchers the registry makes); the queue is
 bounded, and a request that would overflow it is answered 503 with ``Retry-After`` at once
 instead of waiting without end.
+
+The one exception to the model thread: a call whose cost, as measured when the model was
+loaded, is at most ``inline_max_us`` (100 µs by default; 0 turns this off) runs on the
+event loop. Handing a batch to another thread and back costs more than that while the loop
+is busy: the thread must win a core and the GIL from the loop for each step of the hand-off
+(``benchmarks/handoff.py``; ``benchmarks/run.py --env AESERVE_BATCH_INLINE_MAX_US=0`` shows
+the service without the exception). Such a call holds the loop no longer than parsing one
+JSON request does, and every call above the bound (big batches, the convolutional models)
+runs on the model thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from queue import SimpleQueue
+from typing import Any
 
 import numpy as np
 
 from app.errors import ApiError
 
 Outputs = dict[str, np.ndarray]
+
+
+def _settle(future: asyncio.Future, outcome: Any, failed: bool) -> None:
+    if not future.done():  # the caller may have been cancelled meanwhile
+        if failed:
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+class ModelThread:
+    """One thread that runs blocking calls in order and hands each outcome back to its caller's loop.
+
+    ``loop.run_in_executor`` on a one-thread ``ThreadPoolExecutor`` does the same with more
+    machinery (a concurrent future chained to an asyncio one); here a call is one queue put on
+    the loop's side and, on the thread's, the call and one ``call_soon_threadsafe``. Either way
+    the hand-off itself costs about 100 µs of CPU on an idle loop and milliseconds on a busy one,
+    where the thread waits for the loop to let go of the GIL (``benchmarks/handoff.py``), which
+    is why the batcher keeps calls cheaper than that on the loop.
+    """
+
+    def __init__(self, name: str = "model"):
+        self.name = name
+        self._queue: SimpleQueue = SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def ident(self) -> int | None:
+        """The thread's id once started."""
+        return self._thread.ident if self._thread is not None else None
+
+    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` on the thread, after the calls queued before it; its exception if it raises."""
+        if self._thread is None:
+            self._start()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((function, args, loop, future))
+        return await future
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+                self._thread.start()
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            function, args, loop, future = item
+            try:
+                outcome, failed = function(*args), False
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, never raised here
+                outcome, failed = exc, True
+            with contextlib.suppress(RuntimeError):  # the caller's loop has closed
+                loop.call_soon_threadsafe(_settle, future, outcome, failed)
+
+    def close(self) -> None:
+        """Let the thread end once the calls queued before this one have run."""
+        self._queue.put(None)
 
 
 @dataclass(frozen=True)
@@ -31,6 +103,7 @@ class BatchConfig:
     max_batch: int = 256
     max_delay_us: int = 500
     max_queue_images: int = 16384
+    inline_max_us: int = 100
 
 
 @dataclass
@@ -49,17 +122,22 @@ class Batcher:
         config: BatchConfig = BatchConfig(),
         name: str = "model",
         on_batch: Callable[[int, float], None] | None = None,
-        executor: Executor | None = None,
+        thread: ModelThread | None = None,
+        cost: Callable[[int], float] | None = None,
     ):
+        """``cost(n)``: the seconds a call of ``n`` images is expected to take (without it, every call
+        runs on the model thread)."""
         self._predict = predict
         self.max_batch = config.max_batch
         self.max_delay = config.max_delay_us / 1e6
         self.max_queue_images = config.max_queue_images
+        self.inline_max = config.inline_max_us / 1e6
+        self._cost = cost
         self._on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._queued_images = 0
-        self._own_executor = executor is None
-        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{name}")
+        self._own_thread = thread is None
+        self._thread = thread or ModelThread(f"batcher-{name}")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -107,9 +185,13 @@ class Batcher:
         self._queued_images -= size
         return batch
 
+    def runs_inline(self, images: int) -> bool:
+        """Whether a call of ``images`` runs on the event loop (it costs less than the hand-off)."""
+        return self._cost is not None and self.inline_max > 0 and self._cost(images) <= self.inline_max
+
     def _run(self, batch: list[_Pending]) -> list[Outputs | BaseException]:
-        """Runs on the model thread: one call for the batch; if it fails, each request alone, so an
-        error stays with the request that caused it."""
+        """One call for the batch; if it fails, each request alone, so an error stays with the request
+        that caused it. Blocking: on the model thread, or on the loop when :meth:`runs_inline`."""
         try:
             outputs = self._predict(np.concatenate([item.images for item in batch]))
         except Exception as exc:  # noqa: BLE001 - handed to the waiting requests, never raised here
@@ -136,7 +218,6 @@ class Batcher:
                 return
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
                 self._wakeup.clear()
@@ -146,7 +227,10 @@ class Batcher:
             if not batch:
                 continue
             started = time.perf_counter()
-            results = await loop.run_in_executor(self._executor, self._run, batch)
+            if self.runs_inline(sum(len(item.images) for item in batch)):
+                results = self._run(batch)
+            else:
+                results = await self._thread.run(self._run, batch)
             if self._on_batch is not None:
                 self._on_batch(sum(len(i.images) for i in batch), started - min(i.queued_at for i in batch))
             for item, result in zip(batch, results, strict=True):
@@ -156,10 +240,11 @@ class Batcher:
                     item.future.set_exception(result)
                 else:
                     item.future.set_result(result)
+            await asyncio.sleep(0)  # after a call on the loop, let the loop's other work run
 
     def close(self) -> None:
         """Stop the worker and the model thread."""
         if self._task is not None:
             self._task.cancel()
-        if self._own_executor:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._own_thread:
+            self._thread.close()

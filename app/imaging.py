@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -48,44 +46,33 @@ def _to_grey(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
 
 
-@contextmanager
-def _pillow_pixel_limit(max_pixels: int) -> Iterator[None]:
-    """Pillow's decompression-bomb limit (a process-wide setting) at ``max_pixels`` while decoding one file.
-
-    Pillow checks it on the header when it opens a file and on every frame it seeks to; above it
-    Pillow warns (an error inside :func:`decode_image`), above twice it refuses. The previous value
-    is restored after, so other code of the process keeps Pillow's own default.
-    """
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+# Pillow's decompression-bomb warning is an error in this process: decode_image answers it with a 413.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode one image file's first frame to grey 0..1, refusing oversized images before decoding.
 
     Raises :class:`ApiError` 400 for bytes that are not an image of the accepted formats (or are
-    truncated or corrupt), 413 for images over ``max_pixels`` (Pillow's decompression-bomb limit is
-    set to it too, so a larger setting is honoured and the check happens on the header, before
-    decoding) and 422 for float images holding NaN or Inf.
+    truncated or corrupt), 413 for images over ``max_pixels`` (Pillow's decompression-bomb limit,
+    a process-wide setting, is ``max_pixels`` while the file is opened, so a larger setting is
+    honoured and the check happens on the header, before decoding; Pillow's own default is
+    restored after) and 422 for float images holding NaN or Inf. The result is always finite.
     """
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with warnings.catch_warnings(), _pillow_pixel_limit(max_pixels):
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ApiError(413, f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
-            image.seek(0)
-            if max(width, height) > WORKING_SIZE:
-                image.draft("L", (WORKING_SIZE, WORKING_SIZE))
-                image.thumbnail((WORKING_SIZE, WORKING_SIZE))
-            if "exif" in image.info or image.format in EXIF_FORMATS:  # reading EXIF costs as much as decoding
-                image = ImageOps.exif_transpose(image)
-            return _to_grey(image)
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ApiError(413, f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+        image.seek(0)
+        if max(width, height) > WORKING_SIZE:
+            image.draft("L", (WORKING_SIZE, WORKING_SIZE))
+            image.thumbnail((WORKING_SIZE, WORKING_SIZE))
+        if "exif" in image.info or image.format in EXIF_FORMATS:  # reading EXIF costs as much as decoding
+            image = ImageOps.exif_transpose(image)
+        return _to_grey(image)
     except ApiError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -94,6 +81,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise ApiError(400, f"a file part is not an image of the accepted formats: {ACCEPTED}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types (struct.error, IndexError, ...)
         raise ApiError(400, f"image file is truncated or corrupt ({type(exc).__name__})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 def _lanczos(x: np.ndarray) -> np.ndarray:
@@ -134,17 +123,19 @@ def _resize(grey: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _check_grey(grey: np.ndarray) -> None:
-    """A grey image to preprocess: 2-D, at least one pixel, every pixel a finite number; else 422."""
+    """A grey image to preprocess: 2-D with at least one pixel; else 422. (Its pixels are finite:
+    :func:`decode_image` makes them so.)"""
     if grey.ndim != 2 or grey.size == 0:
         raise ApiError(422, f"image has shape {grey.shape}; expected at least one row and column of pixels")
-    if not np.isfinite(grey).all():
-        raise ApiError(422, "image holds NaN or infinite pixel values")
 
 
 def plain_28(grey: np.ndarray) -> np.ndarray:
     """Only resize to 28x28 (``preprocess=none``)."""
     _check_grey(grey)
-    return np.clip(_resize(grey, SIDE, SIDE), 0.0, 1.0).astype(np.float32)
+    return _resize(grey, SIDE, SIDE).clip(0.0, 1.0)
+
+
+_POSITIONS = np.arange(SIDE)
 
 
 def mnist_style(grey: np.ndarray) -> np.ndarray:
@@ -155,28 +146,29 @@ def mnist_style(grey: np.ndarray) -> np.ndarray:
     pixels of at least half the strongest ink. A blank image stays blank.
     """
     _check_grey(grey)
-    border = np.sort(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]]))
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    border.sort()
     middle = len(border) // 2
     background = float(border[middle] if len(border) % 2 else (border[middle - 1] + border[middle]) / 2)
     ink = grey - background if background < 0.5 else background - grey
-    peak = float(ink.max(initial=0.0))
+    peak = float(ink.max())
     if peak < 0.05:
         return np.zeros((SIDE, SIDE), np.float32)
-    ink = ink / peak
+    ink /= peak
     # The crop box comes from confident ink only: a few noise pixels anywhere on a photo
-    # would otherwise stretch it to the whole page.
+    # would otherwise stretch it to the whole page. (np.nonzero lists rows in order.)
     rows, cols = np.nonzero(ink > 0.5)
-    ink = np.clip((ink - 0.2) / 0.8, 0.0, 1.0)
-    ink = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    ink = ink[rows[0] : rows[-1] + 1, cols.min() : cols.max() + 1]
+    ink = ((ink - 0.2) / 0.8).clip(0.0, 1.0)
     height, width = ink.shape
     scale = BOX / max(height, width)
-    fitted = np.clip(_resize(ink, max(1, round(width * scale)), max(1, round(height * scale))), 0.0, 1.0)
+    fitted = _resize(ink, max(1, round(width * scale)), max(1, round(height * scale))).clip(0.0, 1.0)
     total = float(fitted.sum())
     canvas = np.zeros((SIDE, SIDE), np.float32)
     if total <= 0:
         return canvas
-    top = round(SIDE / 2 - float(fitted.sum(axis=1) @ np.arange(fitted.shape[0])) / total)
-    left = round(SIDE / 2 - float(fitted.sum(axis=0) @ np.arange(fitted.shape[1])) / total)
+    top = round(SIDE / 2 - float(fitted.sum(axis=1) @ _POSITIONS[: fitted.shape[0]]) / total)
+    left = round(SIDE / 2 - float(fitted.sum(axis=0) @ _POSITIONS[: fitted.shape[1]]) / total)
     top = min(max(top, 0), SIDE - fitted.shape[0])
     left = min(max(left, 0), SIDE - fitted.shape[1])
     canvas[top : top + fitted.shape[0], left : left + fitted.shape[1]] = fitted

@@ -1,11 +1,11 @@
-"""The five inference endpoints, served as plain ASGI in front of FastAPI's routing.
+"""The five inference endpoints, served as plain ASGI beside FastAPI.
 
 ``/encode``, ``/reconstruct``, ``/denoise``, ``/classify`` and ``/cluster`` are the hot
 path: each request is read, checked, batched with its neighbours and answered here, by
-one function per endpoint, without FastAPI's per-request routing, dependency solving and
-response classes (together about a third of a single-image request's time in a profile).
-Their OpenAPI description is declared in ``app/routers/inference.py``; every other route
-is FastAPI's.
+one function per endpoint, without FastAPI's per-request middleware, routing, dependency
+solving and response classes. :class:`app.main.Service` hands these paths to
+:class:`InferenceApp` before FastAPI sees them. Their OpenAPI description is declared in
+``app/routers/inference.py``; every other route is FastAPI's.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 import numpy as np
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from app.errors import ApiError, error_body
 from app.inputs import Limits, read_images
@@ -208,19 +208,15 @@ def _unread(received: Received) -> dict[str, str]:
     return {} if received.body else CLOSE
 
 
-class InferenceRoutes:
-    """ASGI middleware that answers ``POST`` on the five inference paths and passes every other request on."""
+class InferenceApp:
+    """ASGI app that answers HTTP requests to the five inference paths (``POST``; 405 otherwise)."""
 
-    def __init__(self, app: ASGIApp, registry: Registry, limits: Limits):
-        self.app = app
+    def __init__(self, registry: Registry, limits: Limits):
         self.registry = registry
         self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = ENDPOINTS.get(scope["path"]) if scope["type"] == "http" else None
-        if endpoint is None:
-            await self.app(scope, receive, send)
-            return
+        endpoint = ENDPOINTS[scope["path"]]
         if scope["method"] != "POST":
             body = error_body(f"{scope['method']} is not allowed on {scope['path']}; use POST")
             await _send(send, 405, body, JSON, [(b"allow", b"POST")])

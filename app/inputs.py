@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import orjson
@@ -33,13 +35,16 @@ def check_batch(batch: np.ndarray, limits: Limits, scale: float = 1.0) -> np.nda
         raise ApiError(422, "no images: send at least one")
     if len(batch) > limits.max_batch:
         raise ApiError(413, f"{len(batch)} images in one request; the limit is {limits.max_batch}")
-    if not np.isfinite(batch).all():
+    if batch.dtype == np.uint8 and scale == 255.0:  # in range by construction
+        return np.divide(batch, np.float32(scale), dtype=np.float32)
+    low, high = float(batch.min()), float(batch.max())  # NaN anywhere makes both NaN
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise ApiError(422, "images hold NaN or infinite values")
-    low, high = float(batch.min()), float(batch.max())
     if low < 0 or high > scale:
         raise ApiError(422, f"pixel values must lie in 0..{scale:g}; got {low:g}..{high:g}")
-    batch = batch.astype(np.float32, copy=False)
-    return batch / np.float32(scale) if scale != 1.0 else batch
+    if scale != 1.0:
+        return np.divide(batch, np.float32(scale), dtype=np.float32)
+    return batch.astype(np.float32, copy=False)
 
 
 def image_count(shape: tuple[int, ...], what: str) -> int:
@@ -58,6 +63,31 @@ def _as_images(array: np.ndarray, what: str) -> np.ndarray:
     return array.reshape(-1, 28, 28)
 
 
+def _regular_images(images: list) -> np.ndarray | None:
+    """The usual ``"images"`` (lists of 28 rows of 28 numbers, or of 784 numbers) as ``[N,28,28]``, read in
+    one pass; ``None`` for anything else (nulls, strings, ragged rows, other nesting), which
+    :func:`parse_json` then reads, and explains, the general way."""
+    if not images:
+        return None
+    if all(type(image) is list and len(image) == 784 for image in images):
+        numbers = chain.from_iterable(images)
+    elif all(
+        type(image) is list and len(image) == 28 and all(type(row) is list and len(row) == 28 for row in image)
+        for image in images
+    ):
+        numbers = chain.from_iterable(chain.from_iterable(images))
+    else:
+        return None
+    try:
+        with np.errstate(over="ignore"):  # numbers beyond float32 become Inf, refused as such by check_batch
+            array = np.fromiter(numbers, np.float32, 784 * len(images))
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if np.isnan(array).any():  # JSON has no NaN: these were nulls
+        return None
+    return array.reshape(-1, 28, 28)
+
+
 def parse_json(body: bytes, limits: Limits) -> np.ndarray:
     """``{"images": [...], "pixel_scale": 1 | 255}`` → batch."""
     try:
@@ -73,6 +103,9 @@ def parse_json(body: bytes, limits: Limits) -> np.ndarray:
         raise ApiError(422, '"images" must be a list of images (28x28 nested lists or flat lists of 784 numbers)')
     if len(images) > limits.max_batch:
         raise ApiError(413, f"{len(images)} images in one request; the limit is {limits.max_batch}")
+    array = _regular_images(images)
+    if array is not None:
+        return check_batch(array, limits, float(scale))
     try:
         with np.errstate(over="ignore"):  # numbers beyond float32 become Inf, refused below as such
             array = np.array(images, dtype=np.float32)
@@ -100,7 +133,7 @@ def parse_npy(body: bytes, limits: Limits) -> np.ndarray:
         readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
         if version not in readers:
             raise ApiError(400, f".npy format version {version} is not supported; numpy.save writes 1.0")
-        shape, _, dtype = readers[version](stream)
+        shape, fortran_order, dtype = readers[version](stream)
     except ApiError:
         raise
     except Exception as exc:  # noqa: BLE001 - the header is a Python literal: its parser raises many types
@@ -109,15 +142,20 @@ def parse_npy(body: bytes, limits: Limits) -> np.ndarray:
         raise ApiError(422, ".npy holds Python objects; only uint8 (0..255) or float (0..1) arrays are accepted")
     if not (dtype == np.uint8 or dtype.kind == "f"):
         raise ApiError(422, f".npy dtype {dtype} is not accepted; send uint8 (0..255) or float (0..1)")
+    if any(side < 0 for side in shape):
+        raise ApiError(400, f".npy header is malformed (shape {tuple(shape)} has a negative side)")
     count = image_count(tuple(shape), "the .npy array")
     if count > limits.max_batch:
         raise ApiError(413, f"{count} images in one request; the limit is {limits.max_batch}")
-    try:
-        array = np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ApiError(400, f".npy data is truncated or corrupt ({exc})") from None
-    images = _as_images(array, "the .npy array")
-    return check_batch(images, limits, 255.0 if dtype == np.uint8 else 1.0)
+    size = math.prod(shape)
+    if len(body) - stream.tell() < size * dtype.itemsize:
+        raise ApiError(
+            400, f".npy data is truncated: shape {tuple(shape)} needs {size * dtype.itemsize} bytes after the header"
+        )
+    # A read-only view of the body, no copy: check_batch makes the float32 batch from it.
+    array = np.frombuffer(body, dtype=dtype, count=size, offset=stream.tell())
+    array = array.reshape(shape, order="F" if fortran_order else "C")
+    return check_batch(_as_images(array, "the .npy array"), limits, 255.0 if dtype == np.uint8 else 1.0)
 
 
 @dataclass(frozen=True)
@@ -197,7 +235,8 @@ def parse_multipart(content_type: str, body: bytes, limits: Limits, preprocess: 
         raise ApiError(422, 'multipart body has no image part named "file"')
     if len(files) > limits.max_batch:
         raise ApiError(413, f"more than {limits.max_batch} images in one request; the limit is {limits.max_batch}")
-    return check_batch(np.stack([image_file(part.data, limits, preprocess) for part in files]), limits)
+    # Counted above; image_file's images are float32 in 0..1 by construction.
+    return np.stack([image_file(part.data, limits, preprocess) for part in files])
 
 
 def image_file(data: bytes, limits: Limits, preprocess: bool = True) -> np.ndarray:

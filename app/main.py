@@ -9,11 +9,12 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.batching import BatchConfig
 from app.errors import install_error_handlers
-from app.inference import InferenceRoutes
+from app.inference import ENDPOINTS, InferenceApp
 from app.inputs import Limits
 from app.metrics import Metrics
 from app.observability import Observability, configure_logging
@@ -36,16 +37,37 @@ def has_models(models_dir: Path) -> bool:
     return models_dir.is_dir() and any(p.is_dir() and p.name.isdigit() for p in models_dir.glob("*/*"))
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class Service(FastAPI):
+    """FastAPI, with HTTP requests to the inference paths handed to ``inference`` ahead of its own stack.
+
+    ``inference`` is :class:`InferenceApp` inside the same middleware as every other route (request
+    ids, metrics and logs, CORS, the API key), but without FastAPI's own per-request layers.
+    """
+
+    inference: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.inference is not None and scope["type"] == "http" and scope["path"] in ENDPOINTS:
+            await self.inference(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> Service:
     """Build the service for ``settings`` (default: from ``AESERVE_*`` environment variables).
 
     Models load in a background thread after start-up: ``/healthz`` answers at once and
     ``/readyz`` is 503, with the reason, until every model is loaded and warmed up.
     """
     settings = settings or Settings()
-    configure_logging(settings.log_level, settings.log_format, settings.access_log)
+    configure_logging(settings.log_level, settings.log_format, settings.access_log != "off")
     batching = (
-        BatchConfig(settings.batch_max_size, settings.batch_max_delay_us, settings.batch_max_queue_images)
+        BatchConfig(
+            settings.batch_max_size,
+            settings.batch_max_delay_us,
+            settings.batch_max_queue_images,
+            settings.batch_inline_max_us,
+        )
         if settings.batching
         else None
     )
@@ -64,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await loading
 
-    app = FastAPI(title="aeserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = Service(title="aeserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = metrics
@@ -73,19 +95,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(operations.router)
     app.include_router(tfserving.router)
     app.include_router(v2.router)
-    # Outermost last: request ids and metrics see every answer; CORS answers preflights before the key is asked.
-    app.add_middleware(InferenceRoutes, registry=registry, limits=limits)
+    # Innermost first; the last, outermost, sees every answer: request ids and metrics. CORS answers
+    # preflights before the key is asked.
+    middleware: list[tuple[type, dict]] = []
     if settings.api_key is not None and settings.api_key.get_secret_value():
-        app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
+        middleware.append((ApiKey, {"key": settings.api_key.get_secret_value()}))
     if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID"],
-            expose_headers=["X-Model", "X-Model-Version", "X-Request-ID", "Retry-After"],
-        )
-    app.add_middleware(Observability, metrics=metrics, access_log=settings.access_log)
+        cors = {
+            "allow_origins": settings.cors_origins,
+            "allow_methods": ["GET", "POST"],
+            "allow_headers": ["Authorization", "Content-Type", "Accept", "X-Request-ID"],
+            "expose_headers": ["X-Model", "X-Model-Version", "X-Request-ID", "Retry-After"],
+        }
+        middleware.append((CORSMiddleware, cors))
+    middleware.append((Observability, {"metrics": metrics, "access_log": settings.access_log}))
+    inference: ASGIApp = InferenceApp(registry, limits)
+    for cls, options in middleware:
+        app.add_middleware(cls, **options)
+        inference = cls(inference, **options)
+    app.inference = inference
 
     def openapi() -> dict:
         if app.openapi_schema is None:

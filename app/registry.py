@@ -8,22 +8,21 @@ runtime ``AESERVE_RUNTIME`` names (:mod:`app.runtimes`).
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from app.batching import BatchConfig, Batcher
+from app.batching import BatchConfig, Batcher, ModelThread
 from app.errors import ApiError
 from app.runtimes import Outputs, Runtime, RuntimeLoadError, load_runtime
 
@@ -60,11 +59,13 @@ class ServedModel:
     version: int
     manifest: dict
     runtime: Runtime | None = field(default=None, repr=False)
-    executor: ThreadPoolExecutor | None = field(default=None, repr=False)  # the model thread
+    thread: ModelThread | None = field(default=None, repr=False)
     batching: BatchConfig | None = field(default=None, repr=False)
     on_batch: Callable[[str, int, float], None] | None = field(default=None, repr=False)
     functions: dict[tuple[str, ...], Callable[[np.ndarray], Outputs]] = field(default_factory=dict, repr=False)
     batchers: dict[tuple[str, ...], Batcher] = field(default_factory=dict, repr=False)
+    # Per output set, the CPU seconds of a call: (fixed part, per image), measured at load.
+    costs: dict[tuple[str, ...], tuple[float, float]] = field(default_factory=dict, repr=False)
 
     @property
     def dataset(self) -> str:
@@ -107,6 +108,28 @@ class ServedModel:
             function = self.functions[outputs] = self.runtime.function(outputs)
         return function(images)
 
+    def measure_cost(self, outputs: tuple[str, ...], bound: float) -> None:
+        """Time warm calls computing ``outputs``: the best of three of 1 image and, when that costs at
+        most ``bound`` seconds, of 8 images, for :meth:`call_cost` (CPU time of the calling thread)."""
+
+        def best(count: int) -> float:
+            images = np.zeros((count, 28, 28), np.float32)
+            times = []
+            for _ in range(3):
+                started = time.thread_time()
+                self.compute(images, outputs)
+                times.append(time.thread_time() - started)
+            return min(times)
+
+        one = best(1)
+        per_image = (max(best(8) - one, 0.0) / 7) if one <= bound else math.inf
+        self.costs[outputs] = (one - per_image, per_image) if per_image < math.inf else (one, math.inf)
+
+    def call_cost(self, outputs: tuple[str, ...], images: int) -> float:
+        """The expected seconds of a call of ``images`` computing ``outputs`` (infinite when not measured)."""
+        fixed, per_image = self.costs.get(outputs, (math.inf, math.inf))
+        return fixed + per_image * images
+
     def predict(self, images: np.ndarray, endpoint: str) -> Outputs:
         """What ``endpoint`` needs for a batch; blocking, as :meth:`compute`."""
         return self.compute(images, self.outputs_of(endpoint))
@@ -118,7 +141,7 @@ class ServedModel:
     async def run_outputs(self, images: np.ndarray, outputs: tuple[str, ...]) -> Outputs:
         """The signature ``outputs`` for a batch, batched with other requests for the same outputs."""
         if self.batching is None:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, self.compute, images, outputs)
+            return await self.thread.run(self.compute, images, outputs)
         batcher = self.batchers.get(outputs)
         if batcher is None:
             label = "+".join(outputs)
@@ -127,7 +150,8 @@ class ServedModel:
                 self.batching,
                 name=f"{self.name}-{self.version}-{label}",
                 on_batch=partial(self.on_batch, label) if self.on_batch else None,
-                executor=self.executor,
+                thread=self.thread,
+                cost=partial(self.call_cost, outputs),
             )
         return await batcher.predict(images)
 
@@ -199,9 +223,7 @@ class Registry:
     # Told of every batch a batcher runs: (model, outputs, images, seconds its oldest request waited).
     on_batch: Callable[[str, str, int, float], None] | None = None
     # Model calls run on this thread, never on the event loop; one thread keeps the other core for HTTP.
-    executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-    )
+    thread: ModelThread = field(default_factory=ModelThread)
     states: dict[tuple[str, int], ModelState] = field(default_factory=dict)
     models: dict[str, dict[int, ServedModel]] = field(default_factory=dict)
     defaults: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -249,7 +271,7 @@ class Registry:
                 state.version,
                 manifest,
                 runtime=runtime,
-                executor=self.executor,
+                thread=self.thread,
                 batching=self.batching,
                 on_batch=partial(self.on_batch, state.name) if self.on_batch else None,
             )
@@ -266,6 +288,9 @@ class Registry:
             for endpoint in model.endpoints:
                 for size in sizes:
                     model.predict(np.zeros((size, 28, 28), np.float32), endpoint)
+            if self.batching is not None and self.batching.inline_max_us > 0:
+                for outputs in {model.outputs_of(endpoint) for endpoint in model.endpoints}:
+                    model.measure_cost(outputs, self.batching.inline_max_us / 1e6)
             self.models.setdefault(state.name, {})[state.version] = model
             state.status = "ready"
         except ModelLoadError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -33,6 +33,12 @@ class Settings(BaseSettings):
         description="longest wait of a batch's first request for others (like TF Serving's batch_timeout_micros)",
     )
     batch_max_queue_images: int = Field(16384, gt=0, description="most images queued per model; 503 beyond")
+    batch_inline_max_us: int = Field(
+        100,
+        ge=0,
+        description="model calls measured to cost at most this many µs run on the event loop, where they cost "
+        "less than the hand-off to the model thread; 0: every call on the model thread",
+    )
     warmup: bool = Field(True, description="run each model once on a dummy batch before reporting ready")
     require_models: bool = Field(
         False, description="refuse to start when models_dir is missing or empty (else /readyz reports it)"
@@ -45,4 +51,18 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Python log level of the service's own logger")
     log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line; text: plain")
-    access_log: bool = Field(True, description="one log line per request, with its request id, status and latency")
+    access_log: Literal["all", "errors", "off"] = Field(
+        "errors",
+        description="a log line per request (request id, route, status, model, latency): for every request (all), "
+        "for 4xx and 5xx answers only (errors: a line costs a fast request about a fifth of its time), or none",
+    )
+
+    @field_validator("access_log", mode="before")
+    @classmethod
+    def _access_log_switch(cls, value: object) -> object:
+        """``true``/``false`` (the setting's earlier form) mean ``all``/``off``."""
+        if isinstance(value, bool):
+            return "all" if value else "off"
+        if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+            return "all" if value.strip().lower() in ("true", "1", "yes") else "off"
+        return value

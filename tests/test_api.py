@@ -33,6 +33,10 @@ def forms(images: np.ndarray) -> dict[str, dict]:
             "headers": NPY,
         },
         "npy float64 (N,28,28,1)": {"content": npy_bytes(images[..., None] / 255.0), "headers": NPY},
+        "npy big-endian float32, Fortran order": {
+            "content": npy_bytes(np.asfortranarray((images / np.float32(255)).astype(">f4"))),
+            "headers": NPY,
+        },
         "multipart png, preprocess=none": {
             **multipart(*(png_bytes(im) for im in images)),
             "params": {"preprocess": "none"},

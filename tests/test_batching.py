@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from app.batching import BatchConfig, Batcher
+from app.batching import BatchConfig, Batcher, ModelThread
 from app.errors import ApiError
 
 pytestmark = pytest.mark.anyio
@@ -144,14 +144,81 @@ async def test_requests_arriving_together_still_share_a_call_under_a_long_delay(
 
 
 async def test_batchers_can_share_one_model_thread():
-    from concurrent.futures import ThreadPoolExecutor
-
-    executor = ThreadPoolExecutor(max_workers=1)
+    thread = ModelThread()
     first, second = Model(), Model()
-    a = Batcher(first, BatchConfig(max_delay_us=0), executor=executor)
-    b = Batcher(second, BatchConfig(max_delay_us=0), executor=executor)
+    a = Batcher(first, BatchConfig(max_delay_us=0), thread=thread)
+    b = Batcher(second, BatchConfig(max_delay_us=0), thread=thread)
     await asyncio.gather(a.predict(images(1)), b.predict(images(2)))
-    assert len(first.threads | second.threads) == 1 and threading.get_ident() not in first.threads
+    assert first.threads | second.threads == {thread.ident} and threading.get_ident() != thread.ident
     a.close()
     b.close()
-    assert (await asyncio.get_running_loop().run_in_executor(executor, lambda: 7)) == 7  # still the registry's
+    assert await thread.run(lambda: 7) == 7  # closing a batcher leaves the shared thread running
+    thread.close()
+
+
+async def test_model_thread_runs_calls_in_order_and_hands_back_each_outcome():
+    thread = ModelThread()
+    seen: list[int] = []
+
+    def call(i: int) -> int:
+        seen.append(i)
+        if i == 3:
+            raise ValueError("three")
+        return i * i
+
+    outcomes = await asyncio.gather(*(thread.run(call, i) for i in range(6)), return_exceptions=True)
+    assert seen == list(range(6))
+    assert outcomes[:3] == [0, 1, 4] and outcomes[4:] == [16, 25]
+    assert isinstance(outcomes[3], ValueError) and str(outcomes[3]) == "three"
+    thread.close()
+
+
+async def test_model_thread_survives_a_caller_that_left():
+    gate, thread = threading.Event(), ModelThread()
+    waiting = asyncio.ensure_future(thread.run(gate.wait, 5))
+    await asyncio.sleep(0.01)
+    waiting.cancel()  # the client went away while its call ran
+    gate.set()
+    assert await thread.run(lambda: "next") == "next"
+    thread.close()
+
+def cheap(images: int) -> float:
+    """A cost model: 20 µs per image."""
+    return 20e-6 * images
+
+
+async def test_calls_measured_cheaper_than_the_bound_run_on_the_loop():
+    model = Model()
+    batcher = Batcher(model, BatchConfig(max_delay_us=0, inline_max_us=100), cost=cheap)
+    await batcher.predict(images(*range(3)))  # 60 µs: on the loop
+    assert model.threads == {threading.get_ident()}
+    await batcher.predict(images(*range(6)))  # 120 µs: on the model thread
+    assert len(model.threads) == 2 and model.calls == [3, 6]
+    batcher.close()
+
+
+@pytest.mark.parametrize(
+    ("config", "cost"),
+    [
+        (BatchConfig(max_delay_us=0, inline_max_us=0), cheap),  # turned off
+        (BatchConfig(max_delay_us=0), None),  # no cost model: never measured
+        (BatchConfig(max_delay_us=0), lambda images: 1.0),  # dear
+    ],
+)
+async def test_other_calls_run_on_the_model_thread(config, cost):
+    model = Model()
+    batcher = Batcher(model, config, cost=cost)
+    await batcher.predict(images(1))
+    assert model.threads and threading.get_ident() not in model.threads
+    batcher.close()
+
+
+async def test_a_failing_call_on_the_loop_fails_only_its_own_request():
+    model = Model()
+    batcher = Batcher(model, BatchConfig(max_batch=64, max_delay_us=30_000_000), cost=cheap)
+    good, bad = await asyncio.gather(
+        batcher.predict(images(0)), batcher.predict(images(5, -1)), return_exceptions=True
+    )
+    assert list(good["first"]) == [0] and isinstance(bad, ValueError)
+    assert model.threads == {threading.get_ident()} and model.calls == [3, 1, 2]
+    batcher.close()

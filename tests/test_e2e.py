@@ -30,7 +30,8 @@ def post_honouring_retry_after(http: httpx.Client, path: str, **kwargs) -> httpx
 def test_real_server(workers, tmp_path):
     log_path = tmp_path / "uvicorn.log"
     log = log_path.open("w")
-    process, base, _ = local_server.start("app.main:app", "--workers", str(workers), log=log)
+    env = {"AESERVE_ACCESS_LOG": "all"}
+    process, base, _ = local_server.start("app.main:app", "--workers", str(workers), log=log, env=env)
     try:
         with httpx.Client(base_url=base, timeout=30) as http:
             for _ in range(2 * workers):

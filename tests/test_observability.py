@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 
+import httpx
 import numpy as np
 import pytest
+from conftest import ready_app
 from helpers import npy_bytes
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.observability import JsonFormatter
+from app.settings import Settings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 NPY = {"content-type": "application/x-npy"}
@@ -88,9 +91,13 @@ async def test_request_id_is_echoed_or_made(client):
         assert replaced.headers["x-request-id"] != odd and len(replaced.headers["x-request-id"]) == 32
 
 
-async def test_access_log_is_one_json_line_per_request(client, caplog):
+async def test_access_log_all_is_one_json_line_per_request(caplog):
+    transport = httpx.ASGITransport(app=ready_app(access_log="all"))
     with caplog.at_level(logging.INFO, logger="aeserve.access"):
-        answer = await client.post("/classify", json={"images": [[[0.0] * 28] * 28]}, headers={"X-Request-ID": "abc-1"})
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            answer = await client.post(
+                "/classify", json={"images": [[[0.0] * 28] * 28]}, headers={"X-Request-ID": "abc-1"}
+            )
     assert answer.status_code == 200
     (record,) = [r for r in caplog.records if r.name == "aeserve.access"]
     line = json.loads(JsonFormatter().format(record))
@@ -98,6 +105,22 @@ async def test_access_log_is_one_json_line_per_request(client, caplog):
     assert line["request_id"] == "abc-1" and line["route"] == "/classify" and line["status"] == 200
     assert line["model"] == answer.headers["x-model"] and line["duration_ms"] > 0
     assert "time" in line
+
+
+async def test_access_log_by_default_names_the_failed_requests_only(client, caplog):
+    with caplog.at_level(logging.INFO, logger="aeserve.access"):
+        good = await client.post("/encode", json={"images": [[[0.0] * 28] * 28]})
+        bad = await client.post("/encode", json={"images": []}, headers={"X-Request-ID": "bad-1"})
+        missing = await client.get("/no-such-route", headers={"X-Request-ID": "bad-2"})
+    assert (good.status_code, bad.status_code, missing.status_code) == (200, 422, 404)
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.name == "aeserve.access"]
+    assert [(line["request_id"], line["status"]) for line in lines] == [("bad-1", 422), ("bad-2", 404)]
+
+
+@pytest.mark.parametrize(("given", "meant"), [("true", "all"), ("false", "off"), ("errors", "errors"), ("1", "all")])
+def test_access_log_setting_reads_its_earlier_boolean_form(monkeypatch, given, meant):
+    monkeypatch.setenv("AESERVE_ACCESS_LOG", given)
+    assert Settings().access_log == meant
 
 
 def test_json_formatter_keeps_exceptions_on_one_line():

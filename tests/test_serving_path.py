@@ -20,10 +20,39 @@ pytestmark = pytest.mark.anyio
 
 
 def test_batching_settings_reach_the_registry(tmp_path):
-    on = create_app(Settings(models_dir=tmp_path, batch_max_size=32, batch_max_delay_us=250, batch_max_queue_images=99))
+    on = create_app(
+        Settings(
+            models_dir=tmp_path,
+            batch_max_size=32,
+            batch_max_delay_us=250,
+            batch_max_queue_images=99,
+            batch_inline_max_us=40,
+        )
+    )
     config = on.state.registry.batching
-    assert (config.max_batch, config.max_delay_us, config.max_queue_images) == (32, 250, 99)
+    assert (config.max_batch, config.max_delay_us, config.max_queue_images, config.inline_max_us) == (32, 250, 99, 40)
     assert create_app(Settings(models_dir=tmp_path, batching=False)).state.registry.batching is None
+
+
+def test_call_costs_are_measured_at_load_for_every_endpoint(committed_app):
+    for versions in committed_app.state.registry.models.values():
+        for model in versions.values():
+            sets = {model.outputs_of(endpoint) for endpoint in model.endpoints}
+            assert set(model.costs) == sets, model.name
+            for outputs in sets:
+                fixed, per_image = model.costs[outputs]
+                assert 0 < fixed < 1 and per_image >= 0
+                assert model.call_cost(outputs, 1) <= model.call_cost(outputs, 64)
+            assert model.call_cost(("never", "measured"), 1) == float("inf")
+    bound = committed_app.state.registry.batching.inline_max_us / 1e6
+    stacked = committed_app.state.registry.resolve("encode", None, "mnist-stacked")
+    if stacked.costs[("codes",)][0] <= bound:  # its single-image call fits the bound: the per-image cost is known
+        assert stacked.costs[("codes",)][1] < float("inf")
+
+
+def test_no_costs_are_measured_without_calls_on_the_loop():
+    app = ready_app(batch_inline_max_us=0)
+    assert all(not m.costs for versions in app.state.registry.models.values() for m in versions.values())
 
 
 def test_tensorflow_batches_pad_to_a_warmed_size():
