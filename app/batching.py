@@ -36,14 +36,6 @@ from app.errors import ApiError
 Outputs = dict[str, np.ndarray]
 
 
-def _settle(future: asyncio.Future, outcome: Any, failed: bool) -> None:
-    if not future.done():  # the caller may have been cancelled meanwhile
-        if failed:
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
-
-
 class ModelThread:
     """One thread that runs blocking calls in order and hands each outcome back to its caller's loop.
 
@@ -60,20 +52,43 @@ class ModelThread:
         self._queue: SimpleQueue = SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._pending: dict[object, int] = {}  # calls queued or running, by key; read and written on the loop
 
     @property
     def ident(self) -> int | None:
         """The thread's id once started."""
         return self._thread.ident if self._thread is not None else None
 
-    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
-        """``function(*args)`` on the thread, after the calls queued before it; its exception if it raises."""
+    async def run(self, function: Callable[..., Any], *args: Any, key: object = None) -> Any:
+        """``function(*args)`` on the thread, after the calls queued before it; its exception if it raises.
+
+        ``key`` names what the call uses (a model): :meth:`busy` tells whether a call with that key
+        is queued or running, until the thread has finished it (even when its caller has left).
+        """
         if self._thread is None:
             self._start()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((function, args, loop, future))
+        self._pending[key] = self._pending.get(key, 0) + 1
+        self._queue.put((function, args, loop, future, key))
         return await future
+
+    def busy(self, key: object) -> bool:
+        """Whether a call with ``key`` is queued or running on the thread."""
+        return key in self._pending
+
+    def _settle(self, future: asyncio.Future, outcome: Any, failed: bool, key: object) -> None:
+        """On the caller's loop, once the thread has finished the call."""
+        left = self._pending[key] - 1
+        if left:
+            self._pending[key] = left
+        else:
+            del self._pending[key]
+        if not future.done():  # the caller may have been cancelled meanwhile
+            if failed:
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
 
     def _start(self) -> None:
         with self._lock:
@@ -83,13 +98,13 @@ class ModelThread:
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
-            function, args, loop, future = item
+            function, args, loop, future, key = item
             try:
                 outcome, failed = function(*args), False
             except BaseException as exc:  # noqa: BLE001 - handed to the caller, never raised here
                 outcome, failed = exc, True
             with contextlib.suppress(RuntimeError):  # the caller's loop has closed
-                loop.call_soon_threadsafe(_settle, future, outcome, failed)
+                loop.call_soon_threadsafe(self._settle, future, outcome, failed, key)
 
     def close(self) -> None:
         """Let the thread end once the calls queued before this one have run."""
@@ -124,15 +139,19 @@ class Batcher:
         on_batch: Callable[[int, float], None] | None = None,
         thread: ModelThread | None = None,
         cost: Callable[[int], float] | None = None,
+        key: object = None,
     ):
         """``cost(n)``: the seconds a call of ``n`` images is expected to take (without it, every call
-        runs on the model thread)."""
+        runs on the model thread). ``key``: what ``predict`` uses, shared with other batchers of the
+        thread (the model): a call runs on the loop only while none with the same key is on the thread,
+        so the two never use one model at once."""
         self._predict = predict
         self.max_batch = config.max_batch
         self.max_delay = config.max_delay_us / 1e6
         self.max_queue_images = config.max_queue_images
         self.inline_max = config.inline_max_us / 1e6
         self._cost = cost
+        self._key = self if key is None else key
         self._on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._queued_images = 0
@@ -187,7 +206,12 @@ class Batcher:
 
     def runs_inline(self, images: int) -> bool:
         """Whether a call of ``images`` runs on the event loop (it costs less than the hand-off)."""
-        return self._cost is not None and self.inline_max > 0 and self._cost(images) <= self.inline_max
+        return (
+            self._cost is not None
+            and self.inline_max > 0
+            and self._cost(images) <= self.inline_max
+            and not self._thread.busy(self._key)
+        )
 
     def _run(self, batch: list[_Pending]) -> list[Outputs | BaseException]:
         """One call for the batch; if it fails, each request alone, so an error stays with the request
@@ -230,7 +254,7 @@ class Batcher:
             if self.runs_inline(sum(len(item.images) for item in batch)):
                 results = self._run(batch)
             else:
-                results = await self._thread.run(self._run, batch)
+                results = await self._thread.run(self._run, batch, key=self._key)
             if self._on_batch is not None:
                 self._on_batch(sum(len(i.images) for i in batch), started - min(i.queued_at for i in batch))
             for item, result in zip(batch, results, strict=True):

@@ -71,7 +71,13 @@ def create_app(settings: Settings | None = None) -> Service:
         if settings.batching
         else None
     )
-    registry = Registry(settings.models_dir, runtime=settings.runtime, warmup=settings.warmup, batching=batching)
+    registry = Registry(
+        settings.models_dir,
+        runtime=settings.runtime,
+        model_threads=settings.model_threads,
+        warmup=settings.warmup,
+        batching=batching,
+    )
     metrics = Metrics(registry)
     registry.on_batch = metrics.observe_batch
 

@@ -32,6 +32,8 @@ SIGNATURE = "serving_default"
 # and past 64 images a call is no cheaper per image, only bigger (a 256-image convolutional call
 # holds about 30 MB).
 LITERT_CALL_IMAGES = 64
+# Calls of at least this many images run on AESERVE_MODEL_THREADS threads, smaller ones on one.
+LITERT_PARALLEL_IMAGES = 32
 # TensorFlow batches are padded up to one of these sizes, each warmed at load: oneDNN prepares its
 # kernels per shape, and a first call at a new size costs milliseconds.
 TF_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -88,24 +90,26 @@ def padded_size(count: int) -> int:
 
 
 class LiteRtModel:
-    """``model.tflite`` in one LiteRT interpreter (XNNPACK kernels, one thread).
+    """``model.tflite`` in LiteRT interpreters (XNNPACK kernels): one on one thread for calls of fewer
+    than ``LITERT_PARALLEL_IMAGES`` images, one on ``threads`` threads for larger calls.
 
-    Each signature is its own subgraph with its own buffers, resized to each batch's size: a
-    resize costs a few microseconds, so batches run unpadded. An output set that is some
-    endpoint's gets that endpoint's signature, which computes nothing else; any other set runs
-    ``serving_default`` and keeps what was asked. Not thread-safe: the model thread calls it.
+    Small calls stay on one thread because waking a second one costs them more than it saves, and
+    on a busy machine it may not get a core at once. Each signature is its own subgraph with its
+    own buffers, resized to each batch's size: a resize costs a few microseconds, so batches run
+    unpadded. An output set that is some endpoint's gets that endpoint's signature, which computes
+    nothing else; any other set runs ``serving_default`` and keeps what was asked. Not thread-safe:
+    one thread at a time calls it (the model thread, or the event loop for the calls it keeps).
     """
 
     warm_sizes = (1, LITERT_CALL_IMAGES)
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, threads: int = 2):
         from ai_edge_litert.interpreter import Interpreter
 
         try:
-            self._interpreter = Interpreter(model_path=str(path), num_threads=1)
-            self._signatures = {
-                key: set(value["outputs"]) for key, value in self._interpreter.get_signature_list().items()
-            }
+            self._small = Interpreter(model_path=str(path), num_threads=1)
+            self._large = Interpreter(model_path=str(path), num_threads=threads) if threads > 1 else self._small
+            self._signatures = {key: set(value["outputs"]) for key, value in self._small.get_signature_list().items()}
         except (ValueError, RuntimeError) as exc:
             raise RuntimeLoadError(f"{path.name} does not load ({exc})") from None
         if SIGNATURE not in self._signatures:
@@ -121,9 +125,10 @@ class LiteRtModel:
     def function(self, outputs: tuple[str, ...]) -> Callable[[np.ndarray], Outputs]:
         wanted = set(outputs)
         key = next((k for k, names in self._signatures.items() if names == wanted), SIGNATURE)
-        runner = self._interpreter.get_signature_runner(key)
+        small, large = self._small.get_signature_runner(key), self._large.get_signature_runner(key)
 
         def run(images: np.ndarray) -> Outputs:
+            runner = large if len(images) >= LITERT_PARALLEL_IMAGES else small
             if len(images) <= LITERT_CALL_IMAGES:
                 result = runner(images=images)
                 return {name: result[name] for name in outputs}
@@ -193,8 +198,8 @@ class _GraphFunction:
         return {name: value.numpy() for name, value in zip(self.names, outputs, strict=True)}
 
 
-def load_runtime(kind: str, folder: Path, manifest: dict) -> Runtime:
-    """The graph of the model version in ``folder`` under runtime ``kind``."""
+def load_runtime(kind: str, folder: Path, manifest: dict, threads: int = 2) -> Runtime:
+    """The graph of the model version in ``folder`` under runtime ``kind`` (LiteRT calls on ``threads`` threads)."""
     if kind == "tensorflow":
         return TensorFlowModel(folder)
     litert = manifest.get("litert", {}).get("file")
@@ -203,4 +208,4 @@ def load_runtime(kind: str, folder: Path, manifest: dict) -> Runtime:
             "manifest.json lists no model.tflite for LiteRT: run `python -m training convert`, "
             "or serve with AESERVE_RUNTIME=tensorflow"
         )
-    return LiteRtModel(folder / litert)
+    return LiteRtModel(folder / litert, threads)

@@ -135,7 +135,9 @@ def wrk(base: str, load: Load, seconds: int, connections: int, folder: Path) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10, help="measured seconds per load")
-    parser.add_argument("--warmup", type=int, default=2, help="unmeasured seconds before each load")
+    parser.add_argument(
+        "--warmup", type=int, default=5, help="unmeasured seconds before each load (a fresh worker speeds up for ~10 s)"
+    )
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--only", choices=list(SERVERS), action="append", help="run only these servers")
     parser.add_argument(

@@ -222,3 +222,24 @@ async def test_a_failing_call_on_the_loop_fails_only_its_own_request():
     assert list(good["first"]) == [0] and isinstance(bad, ValueError)
     assert model.threads == {threading.get_ident()} and model.calls == [3, 1, 2]
     batcher.close()
+
+
+async def test_a_model_busy_on_the_thread_is_not_also_called_on_the_loop():
+    """Two batchers of one model (two endpoints): while one's call runs on the model thread, the other's
+    cheap call waits its turn there instead of using the model on the loop at the same time."""
+    gate, thread, model = threading.Event(), ModelThread(), object()
+    slow, quick = Model(gate), Model()
+    on_thread = Batcher(slow, BatchConfig(max_delay_us=0), thread=thread, key=model)
+    cheap_one = Batcher(quick, BatchConfig(max_delay_us=0), thread=thread, cost=cheap, key=model)
+    first = asyncio.ensure_future(on_thread.predict(images(1)))
+    await until(slow.entered.is_set)
+    assert thread.busy(model)
+    second = asyncio.ensure_future(cheap_one.predict(images(2)))
+    await asyncio.sleep(0.01)
+    assert not quick.calls  # queued behind the running call, not run on the loop
+    gate.set()
+    await asyncio.gather(first, second)
+    assert quick.threads == {thread.ident} and not thread.busy(model)
+    await cheap_one.predict(images(3))  # the model is free again: on the loop
+    assert threading.get_ident() in quick.threads
+    thread.close()
