@@ -251,12 +251,14 @@ class Batcher:
             if not batch:
                 continue
             started = time.perf_counter()
-            if self.runs_inline(sum(len(item.images) for item in batch)):
+            size = sum(len(item.images) for item in batch)
+            inline = self.runs_inline(size)
+            if inline:
                 results = self._run(batch)
             else:
                 results = await self._thread.run(self._run, batch, key=self._key)
             if self._on_batch is not None:
-                self._on_batch(sum(len(i.images) for i in batch), started - min(i.queued_at for i in batch))
+                self._on_batch(size, started - min(i.queued_at for i in batch))
             for item, result in zip(batch, results, strict=True):
                 if item.future.done():  # the client went away
                     continue
@@ -264,7 +266,8 @@ class Batcher:
                     item.future.set_exception(result)
                 else:
                     item.future.set_result(result)
-            await asyncio.sleep(0)  # after a call on the loop, let the loop's other work run
+            if inline:  # the loop was held for the call: let its other work run before the next batch
+                await asyncio.sleep(0)
 
     def close(self) -> None:
         """Stop the worker and the model thread."""

@@ -122,8 +122,11 @@ class ServedModel:
             return min(times)
 
         one = best(1)
-        per_image = (max(best(8) - one, 0.0) / 7) if one <= bound else math.inf
-        self.costs[outputs] = (one - per_image, per_image) if per_image < math.inf else (one, math.inf)
+        if one > bound:  # no batch of it fits the bound: the per-image cost does not matter
+            self.costs[outputs] = (one, math.inf)
+            return
+        per_image = max(best(8) - one, 0.0) / 7
+        self.costs[outputs] = (one - per_image, per_image)
 
     def call_cost(self, outputs: tuple[str, ...], images: int) -> float:
         """The expected seconds of a call of ``images`` computing ``outputs`` (infinite when not measured)."""

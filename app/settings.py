@@ -9,6 +9,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+# AESERVE_ACCESS_LOG's earlier boolean values and what they mean now.
+EARLIER_ACCESS_LOG = {"true": "all", "1": "all", "yes": "all", "false": "off", "0": "off", "no": "off"}
 
 
 class Settings(BaseSettings):
@@ -25,8 +27,7 @@ class Settings(BaseSettings):
     model_threads: int = Field(
         2,
         gt=0,
-        description="threads one LiteRT model call may use (XNNPACK); large batches run about a sixth faster on "
-        "2 than on 1 on a 2-core machine, single images no slower",
+        description="threads one LiteRT call of 32 images or more may use (XNNPACK); smaller calls use one",
     )
     max_body_bytes: int = Field(16 * 2**20, gt=0, description="largest request body accepted (413 above)")
     max_batch: int = Field(1024, gt=0, description="most images in one request (413 above)")
@@ -60,7 +61,7 @@ class Settings(BaseSettings):
     access_log: Literal["all", "errors", "off"] = Field(
         "errors",
         description="a log line per request (request id, route, status, model, latency): for every request (all), "
-        "for 4xx and 5xx answers only (errors: a line costs a fast request about a fifth of its time), or none",
+        "for 4xx and 5xx answers only (errors: a line costs a fast request much of its time), or none",
     )
 
     @field_validator("access_log", mode="before")
@@ -69,6 +70,6 @@ class Settings(BaseSettings):
         """``true``/``false`` (the setting's earlier form) mean ``all``/``off``."""
         if isinstance(value, bool):
             return "all" if value else "off"
-        if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
-            return "all" if value.strip().lower() in ("true", "1", "yes") else "off"
+        if isinstance(value, str):
+            return EARLIER_ACCESS_LOG.get(value.strip().lower(), value)
         return value

@@ -136,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10, help="measured seconds per load")
     parser.add_argument(
-        "--warmup", type=int, default=5, help="unmeasured seconds before each load (a fresh worker speeds up for ~10 s)"
+        "--warmup", type=int, default=5, help="unmeasured seconds before each load (a fresh worker starts slower)"
     )
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--only", choices=list(SERVERS), action="append", help="run only these servers")
