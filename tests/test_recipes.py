@@ -156,6 +156,22 @@ def test_conv_denoiser_serving_outputs():
     assert values.min() >= 0.0 and values.max() <= 1.0
 
 
+def test_conv_denoiser_extra_convs_deepen_three_stages_only():
+    plain = recipes.conv_denoiser("d", (8, 16), code_channels=4)
+    deeper = recipes.conv_denoiser("d", (8, 16), code_channels=4, extra_convs=2)
+    added = {layer.name for layer in deeper.layers} - {layer.name for layer in plain.layers}
+    assert added == {
+        "encoder_conv_14x14_3",
+        "encoder_conv_14x14_4",
+        "encoder_conv_7x7_3",
+        "encoder_conv_7x7_4",
+        "decoder_conv_14x14_2",
+        "decoder_conv_14x14_3",
+    }
+    out = recipes.denoiser_serving(deeper)(BATCH)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"codes": (3, 7 * 7 * 4), "denoised": (3, 28, 28)}
+
+
 def test_gaussian_mixture_head_matches_scikit_learn():
     from sklearn.mixture import GaussianMixture
 

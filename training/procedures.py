@@ -348,7 +348,9 @@ def train_conv_autoencoder(data: Dataset, cfg: dict, ctx: Context) -> Trained:
 def train_conv_denoiser(data: Dataset, cfg: dict, ctx: Context) -> Trained:
     """The U-Net denoiser on fresh Gaussian noise every pass, input clipped to 0..1, target clean."""
     x, xv = data.train.pixels(), data.val.pixels()
-    model = recipes.conv_denoiser(_model_name(data, "conv_denoiser"), tuple(cfg["filters"]), cfg["code_channels"])
+    model = recipes.conv_denoiser(
+        _model_name(data, "conv_denoiser"), tuple(cfg["filters"]), cfg["code_channels"], cfg.get("extra_convs", 0)
+    )
     batches = noisy_batches(x, cfg["noise_std"], cfg["batch_size"], ctx.seed)
     val = (_noisy(xv, cfg["noise_std"], ctx.seed + 1), xv)
     # binary cross-entropy: with MSE the sigmoid output collapses to blank images and its gradient vanishes

@@ -222,12 +222,15 @@ def conv_classifier(encoder: keras.Model, name: str, augment: keras.Model | None
     return keras.Model(images, layers.Dense(10, activation="softmax", name="probabilities")(x), name=name)
 
 
-def conv_denoiser(name: str, filters: tuple[int, int] = (32, 64), code_channels: int = 8) -> keras.Model:
+def conv_denoiser(
+    name: str, filters: tuple[int, int] = (32, 64), code_channels: int = 8, extra_convs: int = 0
+) -> keras.Model:
     """Convolutional encoder-decoder with skip connections at 28x28 and 14x14 (a small U-Net).
 
     The code is a 7x7x``code_channels`` map (1x1 convolution of the 7x7 features), flattened as
     the ``codes`` output; the decoder upsamples it with transposed convolutions, each stage
-    concatenated with the encoder's features of the same size.
+    concatenated with the encoder's features of the same size. ``extra_convs`` adds that many
+    more 3x3 convolutions to the encoder's 14x14 and 7x7 stages and to the decoder's 14x14 stage.
     """
     f1, f2 = filters
     images = keras.Input(IMAGE_SHAPE, name="images")
@@ -235,14 +238,20 @@ def conv_denoiser(name: str, filters: tuple[int, int] = (32, 64), code_channels:
     skip_28 = layers.Conv2D(f1, 3, padding="same", activation="relu", name="encoder_conv_28x28")(x)
     x = layers.Conv2D(f1, 3, strides=2, padding="same", activation="relu", name="encoder_conv_14x14")(skip_28)
     skip_14 = layers.Conv2D(f2, 3, padding="same", activation="relu", name="encoder_conv_14x14_2")(x)
+    for i in range(extra_convs):
+        skip_14 = layers.Conv2D(f2, 3, padding="same", activation="relu", name=f"encoder_conv_14x14_{i + 3}")(skip_14)
     x = layers.Conv2D(f2, 3, strides=2, padding="same", activation="relu", name="encoder_conv_7x7")(skip_14)
     x = layers.Conv2D(f2, 3, padding="same", activation="relu", name="encoder_conv_7x7_2")(x)
+    for i in range(extra_convs):
+        x = layers.Conv2D(f2, 3, padding="same", activation="relu", name=f"encoder_conv_7x7_{i + 3}")(x)
     code_map = layers.Conv2D(code_channels, 1, activation="relu", name="encoder_code_7x7")(x)
     y = layers.Conv2DTranspose(f1, 3, strides=2, padding="same", activation="relu", name="decoder_deconv_14x14")(
         code_map
     )
     y = layers.Concatenate(name="decoder_skip_14x14")([y, skip_14])
     y = layers.Conv2D(f1, 3, padding="same", activation="relu", name="decoder_conv_14x14")(y)
+    for i in range(extra_convs):
+        y = layers.Conv2D(f1, 3, padding="same", activation="relu", name=f"decoder_conv_14x14_{i + 2}")(y)
     y = layers.Conv2DTranspose(f1 // 2, 3, strides=2, padding="same", activation="relu", name="decoder_deconv_28x28")(y)
     y = layers.Concatenate(name="decoder_skip_28x28")([y, skip_28])
     y = layers.Conv2D(f1 // 2, 3, padding="same", activation="relu", name="decoder_conv_28x28")(y)
