@@ -21,6 +21,7 @@ from sklearn.mixture import GaussianMixture
 
 from training import recipes
 from training.datasets import Dataset
+from training.evaluate import noisy_images
 from training.layers import Standardize
 from training.metrics import cluster_accuracy, majority_labels, per_image_mse
 
@@ -161,11 +162,6 @@ def train_pretrained_classifier_mnist(data: Dataset, cfg: dict, ctx: Context) ->
     return Trained(recipes.serving_model(classifier, "classifier"), {"pretrain": pretrain, "finetune": finetune})
 
 
-def _noisy(images: np.ndarray, std: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.clip(images + rng.normal(0.0, std, images.shape).astype(np.float32), 0.0, 1.0)
-
-
 def noisy_batches(images: np.ndarray, std: float, batch_size: int, seed: int) -> tf.data.Dataset:
     """Fresh Gaussian noise on every pass, clipped to 0..1 (what a client can send); targets clean."""
 
@@ -185,7 +181,7 @@ def noisy_batches(images: np.ndarray, std: float, batch_size: int, seed: int) ->
 def train_denoising_mnist(data: Dataset, cfg: dict, ctx: Context) -> Trained:
     """Trains the shallow and the deep variant; serves the one with the lower validation MSE."""
     x, xv = data.train.pixels(), data.val.pixels()
-    val = (_noisy(xv, cfg["noise_std"], ctx.seed + 1), xv)
+    val = (noisy_images(xv, cfg["noise_std"], ctx.seed + 1), xv)
     variants, histories = {}, {}
     for variant in ("shallow", "deep"):
         model = recipes.denoising_mnist(deep=variant == "deep")
@@ -194,7 +190,7 @@ def train_denoising_mnist(data: Dataset, cfg: dict, ctx: Context) -> Trained:
         variants[variant] = model
     val_mse = {v: histories[v]["val_loss"][-1] for v in variants}
     best = min(val_mse, key=val_mse.get)
-    test_noisy = _noisy(data.test.pixels(), cfg["noise_std"], ctx.seed + 2)
+    test_noisy = noisy_images(data.test.pixels(), cfg["noise_std"], ctx.seed + 2)
     notes = {
         "selected_variant": best,
         "selected_by": "lowest validation MSE on noisy (clipped) validation images",
@@ -349,10 +345,10 @@ def train_conv_denoiser(data: Dataset, cfg: dict, ctx: Context) -> Trained:
     """The U-Net denoiser on fresh Gaussian noise every pass, input clipped to 0..1, target clean."""
     x, xv = data.train.pixels(), data.val.pixels()
     model = recipes.conv_denoiser(
-        _model_name(data, "conv_denoiser"), tuple(cfg["filters"]), cfg["code_channels"], cfg.get("extra_convs", 0)
+        _model_name(data, "conv_denoiser"), tuple(cfg["filters"]), cfg["code_channels"], cfg["extra_convs"]
     )
     batches = noisy_batches(x, cfg["noise_std"], cfg["batch_size"], ctx.seed)
-    val = (_noisy(xv, cfg["noise_std"], ctx.seed + 1), xv)
+    val = (noisy_images(xv, cfg["noise_std"], ctx.seed + 1), xv)
     # binary cross-entropy: with MSE the sigmoid output collapses to blank images and its gradient vanishes
     history = fit(model, batches, None, val, cfg, ctx, "denoiser", loss=cfg["loss"])
     return Trained(recipes.denoiser_serving(model), {"denoiser": history})
