@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ready_app
+from conftest import MODELS_DIR, ready_app
 
 from training import zoo
 from training.datasets import Dataset, load_dataset
@@ -43,7 +43,8 @@ def test_train_export_load_round_trip(name, slices, tmp_path):
 
     spec = zoo.get(name)
     data = slices[spec.dataset]
-    ctx = Context(seed=7, epoch_scale=0.01, verbose=0)
+    # a warm start (the denoiser's) reads the committed version it starts from
+    ctx = Context(seed=7, epoch_scale=0.01, verbose=0, models_dir=MODELS_DIR)
     keras.utils.set_random_seed(7)
     trained = spec.train(data, spec.config, ctx)
     ood = spec.config.get("ood_dataset")

@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", parents=[common], help="train and export recipes")
     train.add_argument("names", nargs="*", help="model names (see `list`)")
     train.add_argument("--all", action="store_true", help="train every recipe")
-    train.add_argument("--version", type=int, default=1)
+    train.add_argument(
+        "--version", type=int, default=None, help="version folder to export to (default: each recipe's own, see `list`)"
+    )
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--epoch-scale", type=float, default=1.0, help="scale every epoch count (quick runs)")
     train.add_argument(
@@ -93,16 +95,23 @@ def _train(args) -> int:
     specs = [zoo.get(n) for n in names]
     if args.set and len(specs) != 1:
         raise SystemExit("--set applies to one recipe at a time")
-    ctx = Context(seed=args.seed, epoch_scale=args.epoch_scale)
-    tf.config.experimental.enable_op_determinism()
-    datasets, summary, total = {}, [], time.perf_counter()
+    runs = []
     for spec in specs:
-        if spec.dataset not in datasets:
-            datasets[spec.dataset] = load_dataset(spec.dataset, args.data_dir, seed=args.seed)
-        data = datasets[spec.dataset]
         config = copy.deepcopy(spec.config)
         for assignment in args.set:
             _set_override(config, assignment)
+        version = spec.version if args.version is None else args.version
+        source, _, number = (config.get("warm_start") or "").partition("/")
+        if source == spec.name and number.isdigit() and int(number) >= version:
+            raise SystemExit(f"{spec.name} starts from its version {source}/{number}; export it as a later --version")
+        runs.append((spec, config, version))
+    ctx = Context(seed=args.seed, epoch_scale=args.epoch_scale, models_dir=args.models_dir)
+    tf.config.experimental.enable_op_determinism()
+    datasets, summary, total = {}, [], time.perf_counter()
+    for spec, config, version in runs:
+        if spec.dataset not in datasets:
+            datasets[spec.dataset] = load_dataset(spec.dataset, args.data_dir, seed=args.seed)
+        data = datasets[spec.dataset]
         print(f"== {spec.name} ({spec.architecture})", flush=True)
         keras.utils.set_random_seed(args.seed)
         start = time.perf_counter()
@@ -110,7 +119,7 @@ def _train(args) -> int:
         trained.notes["config"] = config
         wall = time.perf_counter() - start
         outliers = outlier_images(spec.config, args.data_dir)
-        folder = export(spec, trained, data, ctx, args.models_dir, args.version, wall, outliers)
+        folder = export(spec, trained, data, ctx, args.models_dir, version, wall, outliers)
         manifest = json.loads((folder / "manifest.json").read_text())
         floors = manifest["reference"]["floors"]
         status = "ok" if all(f["holds"] for f in floors) else "BELOW FLOOR"
@@ -195,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         from training import zoo
 
         for spec in zoo.SPECS:
-            print(f"{spec.name:34} {', '.join(spec.endpoints):28} {'; '.join(f.describe() for f in spec.floors)}")
+            floors = "; ".join(f.describe() for f in spec.floors)
+            print(f"{spec.name:34} v{spec.version:<3} {', '.join(spec.endpoints):28} {floors}")
         return 0
     commands = {"train": _train, "evaluate": _evaluate, "convert": _convert, "report": _report}
     return commands[args.command](args)

@@ -11,6 +11,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -19,7 +20,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
 
-from training import recipes
+from training import recipes, warm_start
 from training.datasets import Dataset
 from training.evaluate import noisy_images
 from training.layers import Standardize
@@ -33,6 +34,7 @@ class Context:
     seed: int = 42
     epoch_scale: float = 1.0
     verbose: int | None = None
+    models_dir: Path | None = None  # where a config's ``warm_start`` (``<name>/<version>``) is found
     trained: dict[str, keras.Model] = field(default_factory=dict)
 
     def epochs(self, n: int) -> int:
@@ -342,16 +344,32 @@ def train_conv_autoencoder(data: Dataset, cfg: dict, ctx: Context) -> Trained:
 
 
 def train_conv_denoiser(data: Dataset, cfg: dict, ctx: Context) -> Trained:
-    """The U-Net denoiser on fresh Gaussian noise every pass, input clipped to 0..1, target clean."""
+    """The U-Net denoiser on fresh Gaussian noise every pass, input clipped to 0..1, target clean.
+
+    With ``cfg["warm_start"]`` (``<name>/<version>`` under ``ctx.models_dir``) training starts
+    from that exported denoiser, its added convolutions as identities
+    (:func:`training.warm_start.transfer_weights`), instead of from random weights.
+    """
     x, xv = data.train.pixels(), data.val.pixels()
-    model = recipes.conv_denoiser(
-        _model_name(data, "conv_denoiser"), tuple(cfg["filters"]), cfg["code_channels"], cfg["extra_convs"]
-    )
+    name = _model_name(data, "conv_denoiser")
+
+    def build(c: dict) -> keras.Model:
+        return recipes.conv_denoiser(name, tuple(c["filters"]), c["code_channels"], c["extra_convs"])
+
+    model = build(cfg)
+    notes = {}
+    if cfg["warm_start"]:
+        if ctx.models_dir is None:
+            raise ValueError("warm_start needs the models directory (Context.models_dir)")
+        source = warm_start.restore_exported(
+            ctx.models_dir / cfg["warm_start"], lambda c: recipes.denoiser_serving(build(c))
+        )
+        notes["warm_start"] = {"from": cfg["warm_start"], "identity_layers": warm_start.transfer_weights(source, model)}
     batches = noisy_batches(x, cfg["noise_std"], cfg["batch_size"], ctx.seed)
     val = (noisy_images(xv, cfg["noise_std"], ctx.seed + 1), xv)
     # binary cross-entropy: with MSE the sigmoid output collapses to blank images and its gradient vanishes
     history = fit(model, batches, None, val, cfg, ctx, "denoiser", loss=cfg["loss"])
-    return Trained(recipes.denoiser_serving(model), {"denoiser": history})
+    return Trained(recipes.denoiser_serving(model), {"denoiser": history}, notes=notes)
 
 
 def mixture_log_joint(embedding: np.ndarray, mixture: dict[str, np.ndarray]) -> np.ndarray:
