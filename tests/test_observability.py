@@ -75,7 +75,7 @@ async def test_metrics_after_real_requests(client, committed_app, mnist_test):
 
     registry = committed_app.state.registry
     versions = sum(len(by_version) for by_version in registry.models.values())
-    assert versions > len(registry.latest_models())  # mnist-conv-denoiser serves versions 1 and 2
+    assert versions > len(registry.latest_models())  # mnist-conv-denoiser serves versions 1, 2 and 3
     assert value(after["aeserve_models_loaded"], "aeserve_models_loaded") == versions
     assert value(after["aeserve_model_state"], "aeserve_model_state", model=model, state="ready") == 1
     assert value(after["process_resident_memory_bytes"], "process_resident_memory_bytes") > 0

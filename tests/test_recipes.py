@@ -172,6 +172,15 @@ def test_conv_denoiser_extra_convs_deepen_three_stages_only():
     assert {k: tuple(v.shape) for k, v in out.items()} == {"codes": (3, 7 * 7 * 4), "denoised": (3, 28, 28)}
 
 
+def test_conv_denoiser_extra_convs_28x28_deepen_the_last_decoder_stage():
+    plain = recipes.conv_denoiser("d", (8, 16), code_channels=4, extra_convs=1)
+    deeper = recipes.conv_denoiser("d", (8, 16), code_channels=4, extra_convs=1, extra_convs_28x28=2)
+    added = {layer.name for layer in deeper.layers} - {layer.name for layer in plain.layers}
+    assert added == {"decoder_conv_28x28_2", "decoder_conv_28x28_3"}
+    assert deeper.get_layer("decoder_conv_28x28_3").output.shape == (None, 28, 28, 4)
+    assert deeper.get_layer("decoder_output").input.shape == (None, 28, 28, 4)
+
+
 def test_gaussian_mixture_head_matches_scikit_learn():
     from sklearn.mixture import GaussianMixture
 

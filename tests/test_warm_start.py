@@ -53,10 +53,12 @@ def test_deepened_committed_denoiser_computes_what_its_saved_model_does(mnist_te
     source = warm_start.restore_exported(COMMITTED_V1, denoiser_builder())
     config = read_manifest(COMMITTED_V1)["training"]["config"]
     assert config["extra_convs"] == 1
-    deeper = recipes.conv_denoiser("mnist_conv_denoiser", tuple(config["filters"]), config["code_channels"], 2)
+    deeper = recipes.conv_denoiser(
+        "mnist_conv_denoiser", tuple(config["filters"]), config["code_channels"], 2, extra_convs_28x28=1
+    )
     added = warm_start.transfer_weights(source, deeper)
 
-    assert added == ["encoder_conv_14x14_4", "encoder_conv_7x7_4", "decoder_conv_14x14_3"]
+    assert added == ["encoder_conv_14x14_4", "encoder_conv_7x7_4", "decoder_conv_14x14_3", "decoder_conv_28x28_2"]
     served = {k: np.asarray(v) for k, v in recipes.denoiser_serving(deeper)(noisy).items()}
     for key in ("codes", "denoised"):
         np.testing.assert_allclose(served[key], expected[key], atol=1e-5, err_msg=key)
@@ -96,7 +98,7 @@ def tiny_mnist(mnist_test) -> Dataset:
 def test_warm_started_denoiser_trains_on_from_the_exported_one(mnist_test):
     data = tiny_mnist(mnist_test)
     cfg = copy.deepcopy(zoo.get("mnist-conv-denoiser").config)
-    cfg |= {"warm_start": "mnist-conv-denoiser/1", "extra_convs": 2, "epochs": 1, "lr": 1e-5}
+    cfg |= {"warm_start": "mnist-conv-denoiser/1", "extra_convs": 2, "extra_convs_28x28": 0, "epochs": 1, "lr": 1e-5}
     keras.utils.set_random_seed(0)
     trained = procedures.train_conv_denoiser(data, cfg, procedures.Context(verbose=0, models_dir=MODELS_DIR))
     assert trained.notes["warm_start"] == {
@@ -113,12 +115,14 @@ def test_warm_started_denoiser_trains_on_from_the_exported_one(mnist_test):
         procedures.train_conv_denoiser(data, cfg, procedures.Context(verbose=0))
 
 
-@pytest.mark.parametrize("version", ["1", "0"])
-def test_training_refuses_to_export_over_the_version_it_starts_from(version, tmp_path):
+@pytest.mark.parametrize(("start", "version"), [("2", "2"), ("2", "1"), ("1", "1")])
+def test_training_refuses_to_export_over_the_version_it_starts_from(start, version, tmp_path):
     from training.cli import main
 
-    with pytest.raises(SystemExit, match="starts from its version mnist-conv-denoiser/1; export it as a later"):
-        main(["train", "mnist-conv-denoiser", "--version", version, "--models-dir", str(tmp_path)])
+    source = f"mnist-conv-denoiser/{start}"
+    args = ["--version", version, "--models-dir", str(tmp_path), "--set", f"warm_start={source}"]
+    with pytest.raises(SystemExit, match=f"starts from its version {source}; export it as a later"):
+        main(["train", "mnist-conv-denoiser", *args])
     assert not any(tmp_path.iterdir())
 
 

@@ -96,6 +96,30 @@ def _output_specs(serving: keras.Model) -> dict[str, dict]:
     }
 
 
+def config_overrides(defaults: dict, config: dict, prefix: str = "") -> dict:
+    """The values of ``config`` that differ from the recipe's ``defaults``, by dotted key."""
+    changed = {}
+    for key, value in config.items():
+        default = defaults.get(key)
+        if isinstance(value, dict) and isinstance(default, dict):
+            changed.update(config_overrides(default, value, f"{prefix}{key}."))
+        elif key not in defaults or default != value:
+            changed[f"{prefix}{key}"] = value
+    return changed
+
+
+def architecture_description(spec: Spec, config: dict) -> str:
+    """The recipe's description, flagged where the trained config departs from the one it describes."""
+    overrides = config_overrides(spec.config, config)
+    if not overrides:
+        return spec.architecture
+    changes = ", ".join(f"{key}={json.dumps(value)}" for key, value in overrides.items())
+    return (
+        f"{spec.architecture} [this version was trained with {changes} instead of the recipe's defaults, "
+        "which the description above follows; `layers` lists its own graph]"
+    )
+
+
 def build_manifest(
     spec: Spec,
     trained: Trained,
@@ -110,6 +134,7 @@ def build_manifest(
     outputs = _output_specs(trained.serving)
     latent_dim = int(outputs["codes"]["shape"][-1])
     side = math.isqrt(latent_dim)
+    config = trained.notes.get("config") or spec.config
     manifest = {
         "name": spec.name,
         "version": version,
@@ -123,12 +148,13 @@ def build_manifest(
         "code_image_shape": [side, side] if side * side == latent_dim else None,
         "class_names": data.class_names,
         "architecture": {
-            "description": spec.architecture,
+            "description": architecture_description(spec, config),
             "parameters": int(trained.serving.count_params()),
             "layers": layer_table(trained.serving),
         },
         "training": {
-            "config": spec.config if not trained.notes.get("config") else trained.notes["config"],
+            "config": config,
+            "overrides": config_overrides(spec.config, config),
             "seed": ctx.seed,
             "epoch_scale": ctx.epoch_scale,
             "wall_time_s": round(wall_time_s, 1),

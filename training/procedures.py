@@ -354,7 +354,9 @@ def train_conv_denoiser(data: Dataset, cfg: dict, ctx: Context) -> Trained:
     name = _model_name(data, "conv_denoiser")
 
     def build(c: dict) -> keras.Model:
-        return recipes.conv_denoiser(name, tuple(c["filters"]), c["code_channels"], c["extra_convs"])
+        return recipes.conv_denoiser(
+            name, tuple(c["filters"]), c["code_channels"], c["extra_convs"], c.get("extra_convs_28x28", 0)
+        )
 
     model = build(cfg)
     notes = {}

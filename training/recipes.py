@@ -223,14 +223,19 @@ def conv_classifier(encoder: keras.Model, name: str, augment: keras.Model | None
 
 
 def conv_denoiser(
-    name: str, filters: tuple[int, int] = (32, 64), code_channels: int = 8, extra_convs: int = 0
+    name: str,
+    filters: tuple[int, int] = (32, 64),
+    code_channels: int = 8,
+    extra_convs: int = 0,
+    extra_convs_28x28: int = 0,
 ) -> keras.Model:
     """Convolutional encoder-decoder with skip connections at 28x28 and 14x14 (a small U-Net).
 
     The code is a 7x7x``code_channels`` map (1x1 convolution of the 7x7 features), flattened as
     the ``codes`` output; the decoder upsamples it with transposed convolutions, each stage
     concatenated with the encoder's features of the same size. ``extra_convs`` adds that many
-    more 3x3 convolutions to the encoder's 14x14 and 7x7 stages and to the decoder's 14x14 stage.
+    more 3x3 convolutions to the encoder's 14x14 and 7x7 stages and to the decoder's 14x14 stage,
+    ``extra_convs_28x28`` that many to the decoder's 28x28 stage.
     """
     f1, f2 = filters
     images = keras.Input(IMAGE_SHAPE, name="images")
@@ -255,6 +260,8 @@ def conv_denoiser(
     y = layers.Conv2DTranspose(f1 // 2, 3, strides=2, padding="same", activation="relu", name="decoder_deconv_28x28")(y)
     y = layers.Concatenate(name="decoder_skip_28x28")([y, skip_28])
     y = layers.Conv2D(f1 // 2, 3, padding="same", activation="relu", name="decoder_conv_28x28")(y)
+    for i in range(extra_convs_28x28):
+        y = layers.Conv2D(f1 // 2, 3, padding="same", activation="relu", name=f"decoder_conv_28x28_{i + 2}")(y)
     y = layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="decoder_output")(y)
     return keras.Model(images, layers.Reshape(IMAGE_SHAPE, name="denoised")(y), name=name)
 

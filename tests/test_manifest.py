@@ -1,0 +1,38 @@
+"""The manifest says which config a version was trained with when it is not the recipe's own."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+from conftest import MODELS_DIR
+
+from training import zoo
+from training.export import architecture_description, config_overrides
+
+
+def test_config_overrides_lists_changed_and_added_keys_by_dotted_path():
+    defaults = {"lr": 0.001, "epochs": 16, "augment": {"shift": 0.1, "flip": False}}
+    config = {"lr": 0.0003, "epochs": 16, "augment": {"shift": 0.1, "flip": True}, "extra": 1}
+    assert config_overrides(defaults, config) == {"lr": 0.0003, "augment.flip": True, "extra": 1}
+    assert config_overrides(defaults, copy.deepcopy(defaults)) == {}
+
+
+def test_description_is_the_recipes_own_for_its_own_config():
+    spec = zoo.get("mnist-conv-denoiser")
+    assert architecture_description(spec, copy.deepcopy(spec.config)) == spec.architecture
+
+
+def test_description_flags_a_config_that_departs_from_the_recipe():
+    spec = zoo.get("mnist-conv-denoiser")
+    config = copy.deepcopy(spec.config) | {"extra_convs": 1, "warm_start": None}
+    description = architecture_description(spec, config)
+    assert description.startswith(spec.architecture)
+    assert "trained with extra_convs=1, warm_start=null instead of the recipe's defaults" in description
+
+
+def test_each_recipes_committed_version_is_described_by_the_recipe_and_its_config():
+    for spec in zoo.SPECS:
+        manifest = json.loads((MODELS_DIR / spec.name / str(spec.version) / "manifest.json").read_text())
+        description = architecture_description(spec, manifest["training"]["config"])
+        assert manifest["architecture"]["description"] == description, spec.name
