@@ -3,6 +3,8 @@
 
 Run with ``python benchmarks/model_calls.py [--runtime litert|tensorflow]``; prints µs per call
 and µs per image (median of the repeats), the part of a request the HTTP path cannot remove.
+``--models`` times only the named models, ``--every-version`` every version served (rows
+``name/version``), so versions of one model compare within one run.
 """
 
 from __future__ import annotations
@@ -29,13 +31,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--runtime", choices=RUNTIMES, default="litert")
     parser.add_argument("--threads", type=int, default=2, help="LiteRT threads per call (AESERVE_MODEL_THREADS)")
+    parser.add_argument("--models", nargs="+", help="only these models (default: every model)")
+    parser.add_argument("--every-version", action="store_true", help="every served version, not only the newest")
     args = parser.parse_args()
     registry = Registry(DEFAULT_MODELS_DIR, runtime=args.runtime, model_threads=args.threads, batching=None)
     registry.load_all()
     header = " | ".join(f"batch {n}: µs/call (µs/image)" for n in args.sizes)
     print(f"| model | endpoint | {header} |\n|---|---|" + "---:|" * len(args.sizes))
     rng = np.random.default_rng(0)
-    for model in registry.latest_models():
+    if args.every_version:
+        models = [versions[v] for _, versions in sorted(registry.models.items()) for v in sorted(versions)]
+    else:
+        models = registry.latest_models()
+    if args.models:
+        unknown = set(args.models) - set(registry.models)
+        if unknown:
+            parser.error(f"no such model: {', '.join(sorted(unknown))} (served: {', '.join(sorted(registry.models))})")
+        models = [m for m in models if m.name in args.models]
+    for model in models:
+        label = f"{model.name}/{model.version}" if args.every_version else model.name
         for endpoint in model.endpoints:
             cells = []
             for size in args.sizes:
@@ -48,7 +62,7 @@ def main() -> None:
                     times.append(time.perf_counter() - start)
                 per_call = statistics.median(times) * 1e6
                 cells.append(f"{per_call:,.0f} ({per_call / size:,.1f})")
-            print(f"| {model.name} | /{endpoint} | " + " | ".join(cells) + " |")
+            print(f"| {label} | /{endpoint} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
