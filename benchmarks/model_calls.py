@@ -36,9 +36,6 @@ def main() -> None:
     args = parser.parse_args()
     registry = Registry(DEFAULT_MODELS_DIR, runtime=args.runtime, model_threads=args.threads, batching=None)
     registry.load_all()
-    header = " | ".join(f"batch {n}: µs/call (µs/image)" for n in args.sizes)
-    print(f"| model | endpoint | {header} |\n|---|---|" + "---:|" * len(args.sizes))
-    rng = np.random.default_rng(0)
     if args.every_version:
         models = [versions[v] for _, versions in sorted(registry.models.items()) for v in sorted(versions)]
     else:
@@ -48,6 +45,9 @@ def main() -> None:
         if unknown:
             parser.error(f"no such model: {', '.join(sorted(unknown))} (served: {', '.join(sorted(registry.models))})")
         models = [m for m in models if m.name in args.models]
+    header = " | ".join(f"batch {n}: µs/call (µs/image)" for n in args.sizes)
+    print(f"| model | endpoint | {header} |\n|---|---|" + "---:|" * len(args.sizes))
+    rng = np.random.default_rng(0)
     for model in models:
         label = f"{model.name}/{model.version}" if args.every_version else model.name
         for endpoint in model.endpoints:
