@@ -28,3 +28,4 @@ def test_an_unknown_model_is_refused():
     run = subprocess.run([*SCRIPT, "--models", "no-such-model"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2
     assert "no such model: no-such-model" in run.stderr
+    assert run.stdout == ""  # refused before any table is printed
