@@ -36,3 +36,11 @@ def test_each_recipes_committed_version_is_described_by_the_recipe_and_its_confi
         manifest = json.loads((MODELS_DIR / spec.name / str(spec.version) / "manifest.json").read_text())
         description = architecture_description(spec, manifest["training"]["config"])
         assert manifest["architecture"]["description"] == description, spec.name
+
+
+def test_denoising_figures_are_measured_at_the_issues_noise():
+    # export, `python -m training evaluate` and the report's picture all read Spec.noise_std:
+    # the recipe's task (std 0.6 for both denoisers), never a training run's override
+    denoisers = [spec for spec in zoo.SPECS if "denoise" in spec.endpoints]
+    assert len(denoisers) == 2
+    assert all(spec.noise_std == 0.6 for spec in denoisers)

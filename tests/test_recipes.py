@@ -244,3 +244,55 @@ def test_confident_subset_keeps_each_clusters_widest_margins():
     np.testing.assert_array_equal(assigned, [0, 0, 0, 1, 1])
     # cluster 0: round(1.5) = 2 of its 3 points (margins 5, 3); cluster 1: 1 of 2 (margin 4)
     np.testing.assert_array_equal(kept, [0, 2, 3])
+
+
+def test_random_views_keep_shape_and_range_and_follow_their_seed():
+    from training.layers import RandomViews
+
+    views = RandomViews(seed=3)(BATCH)
+    assert views.shape == (3, 28, 28)
+    assert float(np.min(views)) >= 0.0 and float(np.max(views)) <= 1.0
+    assert not np.allclose(np.asarray(views), BATCH)
+    np.testing.assert_array_equal(np.asarray(RandomViews(seed=3)(BATCH)), np.asarray(views))
+    assert not np.allclose(np.asarray(RandomViews(seed=4)(BATCH)), np.asarray(views))
+
+
+def test_random_views_keep_the_background_black_and_erase_one_square():
+    from training.layers import RandomViews
+
+    blank = np.zeros((4, 28, 28), np.float32)
+    np.testing.assert_array_equal(np.asarray(RandomViews(erase_probability=0.0, seed=0)(blank)), blank)
+    # a white image stays white under any crop; with no jitter only the erased square is black
+    white = np.ones((64, 28, 28), np.float32)
+    views = np.asarray(RandomViews(min_scale=0.3, jitter=0.0, erase_probability=1.0, erase_size=10, seed=0)(white))
+    erased = (views == 0.0).sum(axis=(1, 2))
+    assert np.all((erased >= 5 * 5) & (erased <= 10 * 10)), erased  # at least a quarter stays inside the image
+    np.testing.assert_array_equal(views[views != 0.0], 1.0)
+
+
+def test_contrastive_loss_is_log_of_the_candidates_when_every_projection_is_the_same():
+    # NT-Xent: each of the 2n views picks its partner among the 2n - 1 others (itself masked out),
+    # so identical projections give every candidate the same odds: loss = log(2n - 1).
+    from training.layers import RandomViews
+
+    head = recipes.projection_head(32, 16, 8)
+    head.get_layer("projection").kernel.assign(np.zeros((16, 8), np.float32))
+    head.get_layer("projection").bias.assign(np.ones(8, np.float32))
+    encoder = recipes.conv_encoder(32, batch_norm=True)
+    pretrainer = recipes.ContrastivePretrainer(encoder, head, RandomViews(seed=0), 0.2)
+    loss = float(pretrainer.contrastive_loss(BATCH, training=False))
+    assert loss == pytest.approx(np.log(2 * len(BATCH) - 1), rel=1e-5)
+
+
+def test_contrastive_pretraining_trains_the_encoder_without_labels():
+    from training.layers import RandomViews
+
+    encoder = recipes.conv_encoder(32, (8, 16), batch_norm=True)
+    pretrainer = recipes.ContrastivePretrainer(encoder, recipes.projection_head(32, 16, 8), RandomViews(seed=0), 0.5)
+    pretrainer.compile(optimizer=keras.optimizers.Adam(0.01))
+    before = [w.copy() for w in encoder.get_weights()]
+    images = np.random.default_rng(1).random((16, 28, 28), dtype=np.float32)
+    history = pretrainer.fit(images, None, batch_size=8, epochs=1, verbose=0, validation_data=(images[:8], None))
+    assert np.isfinite(history.history["loss"][0]) and np.isfinite(history.history["val_loss"][0])
+    assert any(not np.array_equal(a, b) for a, b in zip(before, encoder.get_weights(), strict=True))
+    assert encoder.output_shape == (None, 32)

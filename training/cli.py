@@ -150,7 +150,7 @@ def _evaluate(args) -> int:
         metrics = evaluate(
             served_predict(folder),
             datasets[spec.dataset],
-            spec.config.get("noise_std", 0.6),
+            spec.noise_std,
             outlier_images(spec.config, args.data_dir),
         )
         for floor in spec.floors:

@@ -243,8 +243,7 @@ def export(
     write_saved_model(trained.serving, staging)
 
     predict = load_saved_model(staging)
-    noise_std = spec.config.get("noise_std", 0.6)
-    metrics = evaluate(predict, data, noise_std=noise_std, outliers=outliers)
+    metrics = evaluate(predict, data, noise_std=spec.noise_std, outliers=outliers)
     quantiles = error_quantiles(predict, data, outliers) if "reconstruct" in spec.endpoints else None
     if quantiles is not None and outliers is not None:
         quantiles["outlier_dataset"] = f"{spec.config['ood_dataset']} test"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 
@@ -123,3 +124,66 @@ class GaussianMixtureHead(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.n_components), (input_shape[0],)
+
+
+class RandomViews(keras.layers.Layer):
+    """A random view of each image for contrastive pretraining (SimCLR's augmentations, for 28x28 grey).
+
+    Per image: a random crop of ``min_scale``..1 of the area (aspect 3/4..4/3) resized back to
+    28x28, a left-right flip (when ``flip``), contrast scaled and the garment's brightness shifted by
+    up to ``jitter``, and with probability ``erase_probability`` a square of ``erase_size`` pixels
+    blanked. Random in every call, training or not: it is used only to train, never served.
+    """
+
+    def __init__(
+        self,
+        min_scale: float = 0.45,
+        flip: bool = True,
+        jitter: float = 0.4,
+        erase_probability: float = 0.3,
+        erase_size: int = 10,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.min_scale, self.flip, self.jitter = min_scale, flip, jitter
+        self.erase_probability, self.erase_size = erase_probability, erase_size
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def _uniform(self, shape, low=0.0, high=1.0):
+        return keras.random.uniform(shape, low, high, seed=self.seed_generator)
+
+    def call(self, images):
+        n = ops.shape(images)[0]
+        x = ops.expand_dims(images, -1)
+        scale = self._uniform((n,), self.min_scale, 1.0)
+        ratio = ops.exp(self._uniform((n,), np.log(3 / 4), np.log(4 / 3)))
+        height = ops.clip(ops.sqrt(scale * ratio), 0.0, 1.0)
+        width = ops.clip(ops.sqrt(scale / ratio), 0.0, 1.0)
+        top, left = self._uniform((n,)) * (1 - height), self._uniform((n,)) * (1 - width)
+        boxes = ops.stack([top, left, top + height, left + width], axis=1)
+        # crop_and_resize has no keras.ops twin; the training code runs on the TensorFlow backend
+        x = tf.image.crop_and_resize(x, boxes, tf.range(n), (28, 28))
+        if self.flip:
+            x = ops.where(self._uniform((n, 1, 1, 1)) < 0.5, ops.flip(x, axis=2), x)
+        if self.jitter:
+            contrast = self._uniform((n, 1, 1, 1), 1 - self.jitter, 1 + self.jitter)
+            brightness = self._uniform((n, 1, 1, 1), -self.jitter / 2, self.jitter / 2)
+            mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+            garment = ops.cast(x > 0.02, x.dtype)  # the background stays black
+            x = ops.clip((x - mean) * contrast + mean + brightness * garment, 0.0, 1.0)
+        if self.erase_probability:
+            half = self.erase_size / 2
+            centre_y, centre_x = self._uniform((n, 1, 1, 1), 0, 28), self._uniform((n, 1, 1, 1), 0, 28)
+            rows = ops.reshape(ops.arange(28, dtype="float32"), (1, 28, 1, 1))
+            cols = ops.reshape(ops.arange(28, dtype="float32"), (1, 1, 28, 1))
+            erased = (
+                (ops.abs(rows - centre_y) < half)
+                & (ops.abs(cols - centre_x) < half)
+                & (self._uniform((n, 1, 1, 1)) < self.erase_probability)
+            )
+            x = ops.where(erased, 0.0, x)
+        return ops.squeeze(x, -1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

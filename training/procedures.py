@@ -23,7 +23,7 @@ from sklearn.mixture import GaussianMixture
 from training import recipes, warm_start
 from training.datasets import Dataset
 from training.evaluate import noisy_images
-from training.layers import Standardize
+from training.layers import RandomViews, Standardize
 from training.metrics import cluster_accuracy, majority_labels, per_image_mse
 
 
@@ -374,6 +374,26 @@ def train_conv_denoiser(data: Dataset, cfg: dict, ctx: Context) -> Trained:
     return Trained(recipes.denoiser_serving(model), {"denoiser": history}, notes=notes)
 
 
+def train_contrastive_encoder(data: Dataset, cfg: dict, ctx: Context) -> tuple[keras.Model, dict]:
+    """SimCLR pretraining of the batch-normalised conv-small encoder on the training images.
+
+    Views from :class:`training.layers.RandomViews` (``cfg["views"]``), the loss on a projection
+    head's output (``cfg["projection"]``: hidden and output sizes), NT-Xent at ``temperature``.
+    Labels are never used. Returns the encoder and the phase's history.
+    """
+    x, xv = data.train.pixels(), data.val.pixels()
+    encoder = recipes.conv_encoder(cfg["code_dim"], tuple(cfg["filters"]), batch_norm=True)
+    pretrainer = recipes.ContrastivePretrainer(
+        encoder,
+        recipes.projection_head(cfg["code_dim"], *cfg["projection"]),
+        RandomViews(**cfg["views"], seed=ctx.seed),
+        cfg["temperature"],
+        name="contrastive_pretrainer",
+    )
+    history = fit(pretrainer, x, None, (xv, None), cfg, ctx, "contrastive pretraining", loss=None)
+    return encoder, history
+
+
 def mixture_log_joint(embedding: np.ndarray, mixture: dict[str, np.ndarray]) -> np.ndarray:
     """``log w_k + log N(e; μ_k, Σ_k)`` of each point and component, in float64: the mixture head's logits."""
     chol = mixture["precisions_cholesky"].astype(np.float64)
@@ -474,7 +494,10 @@ def softmax_mixture(n_clusters: int) -> dict[str, np.ndarray]:
 
 
 def train_umap_gmm(data: Dataset, cfg: dict, ctx: Context) -> Trained:
-    """Autoencoder codes, UMAP of the training codes, a full-covariance Gaussian mixture on it.
+    """Encoder codes, UMAP of the training codes, a full-covariance Gaussian mixture on it.
+
+    The encoder is the conv-small autoencoder's, or with ``cfg["contrastive"]`` one pretrained
+    contrastively (:func:`train_contrastive_encoder`).
 
     A small network then learns to map codes to the UMAP embedding (parametric UMAP), so new
     images go through one graph: encoder, embedding network, the mixture's posterior. It is
@@ -489,11 +512,15 @@ def train_umap_gmm(data: Dataset, cfg: dict, ctx: Context) -> Trained:
     """
     import umap  # the training extra; only this recipe needs it
 
-    key = f"{data.name}-conv-small"
-    if key not in ctx.trained:
-        print(f"  pretraining: the {key} autoencoder", flush=True)
-        train_conv_autoencoder(data, cfg["autoencoder"], ctx)
-    encoder = ctx.trained[key].get_layer("encoder")
+    history = {}
+    if "contrastive" in cfg:
+        encoder, history["contrastive"] = train_contrastive_encoder(data, cfg["contrastive"], ctx)
+    else:
+        key = f"{data.name}-conv-small"
+        if key not in ctx.trained:
+            print(f"  pretraining: the {key} autoencoder", flush=True)
+            train_conv_autoencoder(data, cfg["autoencoder"], ctx)
+        encoder = ctx.trained[key].get_layer("encoder")
     x, xv = data.train.pixels(), data.val.pixels()
     codes = encoder.predict(x, verbose=0, batch_size=1000)
     codes_val = encoder.predict(xv, verbose=0, batch_size=1000)
@@ -528,7 +555,6 @@ def train_umap_gmm(data: Dataset, cfg: dict, ctx: Context) -> Trained:
 
     embedder = recipes.embedding_network(codes.shape[1], cfg["embedding_dim"], cfg["hidden"])
     on_codes = recipes.mixture_trainer(embedder, mixture, keras.Input((codes.shape[1],), name="codes"))
-    history = {}
     if cfg["parametric"]["epochs"]:
         history["parametric"] = fit(
             on_codes, codes, targets, (codes_val, targets_val), cfg["parametric"], ctx, "parametric map", loss=losses

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import layers
 
 from training.layers import ClusterHead, DenseTranspose, Destandardize, GaussianMixtureHead, Standardize
@@ -159,19 +160,16 @@ def conv_mnist() -> keras.Model:
     return keras.Model(images, decoder(encoder(images)), name="mnist_conv")
 
 
-def conv_autoencoder(
-    name: str,
+def conv_encoder(
     code_dim: int,
     filters: tuple[int, int] = (32, 64),
     code_activation: str | None = None,
     batch_norm: bool = False,
 ) -> keras.Model:
-    """Convolutional autoencoder with a dense code of ``code_dim`` numbers.
+    """The convolutional encoder: images to a dense code of ``code_dim`` numbers.
 
-    Encoder: 3x3 convolutions ``f1``, ``f1`` stride 2 (14x14), ``f2``, ``f2`` stride 2 (7x7), relu
-    (after batch normalisation when ``batch_norm``), then a dense code. Decoder: dense to
-    7x7x``f2``, two 3x3 transposed convolutions of stride 2 (``f1`` filters each, back to 28x28),
-    a 3x3 sigmoid convolution to one channel.
+    3x3 convolutions ``f1``, ``f1`` stride 2 (14x14), ``f2``, ``f2`` stride 2 (7x7), relu (after
+    batch normalisation when ``batch_norm``), then a dense code.
     """
     f1, f2 = filters
     images = keras.Input(IMAGE_SHAPE, name="images")
@@ -186,7 +184,24 @@ def conv_autoencoder(
             x = layers.Conv2D(n_filters, 3, strides=stride, padding="same", activation="relu", name=conv_name)(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(code_dim, activation=code_activation, name="encoder_code")(x)
-    encoder = keras.Model(images, x, name="encoder")
+    return keras.Model(images, x, name="encoder")
+
+
+def conv_autoencoder(
+    name: str,
+    code_dim: int,
+    filters: tuple[int, int] = (32, 64),
+    code_activation: str | None = None,
+    batch_norm: bool = False,
+) -> keras.Model:
+    """Convolutional autoencoder with a dense code of ``code_dim`` numbers.
+
+    Encoder: :func:`conv_encoder`. Decoder: dense to 7x7x``f2``, two 3x3 transposed convolutions
+    of stride 2 (``f1`` filters each, back to 28x28), a 3x3 sigmoid convolution to one channel.
+    """
+    f1, f2 = filters
+    images = keras.Input(IMAGE_SHAPE, name="images")
+    encoder = conv_encoder(code_dim, filters, code_activation, batch_norm)
 
     codes = keras.Input((code_dim,), name="codes")
     y = layers.Dense(7 * 7 * f2, activation="relu", name="decoder_dense")(codes)
@@ -278,6 +293,57 @@ def embedding_network(code_dim: int, embedding_dim: int, hidden: int = 256) -> k
     x = layers.Dense(hidden, activation="relu", name="embedding_dense_1")(codes)
     x = layers.Dense(hidden, activation="relu", name="embedding_dense_2")(x)
     return keras.Model(codes, layers.Dense(embedding_dim, name="embedding")(x), name="embedder")
+
+
+def projection_head(code_dim: int, hidden: int, out: int) -> keras.Model:
+    """SimCLR's projection head: the contrastive loss is taken on its output, the codes stay general."""
+    codes = keras.Input((code_dim,), name="codes")
+    x = layers.Dense(hidden, activation="relu", name="projection_dense")(codes)
+    return keras.Model(codes, layers.Dense(out, name="projection")(x), name="projection_head")
+
+
+class ContrastivePretrainer(keras.Model):
+    """SimCLR (Chen et al. 2020): two random views of every image, pulled together against the batch.
+
+    Each batch of ``n`` images gives ``2n`` views; the loss (NT-Xent) is the cross-entropy of
+    finding each view's partner among the other ``2n - 1`` by the cosine similarity of their
+    projections over ``temperature``. Labels are never seen. ``encoder`` is what is kept.
+    """
+
+    def __init__(self, encoder: keras.Model, head: keras.Model, views: keras.layers.Layer, temperature: float, **kw):
+        super().__init__(**kw)
+        self.encoder, self.head, self.views, self.temperature = encoder, head, views, temperature
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+
+    def call(self, images, training=False):
+        return self.head(self.encoder(images, training=training), training=training)
+
+    def contrastive_loss(self, images, training: bool):
+        n = tf.shape(images)[0]
+        projections = self(tf.concat([self.views(images), self.views(images)], axis=0), training=training)
+        unit = tf.math.l2_normalize(projections, axis=1)
+        similarity = tf.matmul(unit, unit, transpose_b=True) / self.temperature
+        similarity -= 1e9 * tf.eye(2 * n)  # a view is not its own partner
+        partners = tf.concat([tf.range(n, 2 * n), tf.range(n)], axis=0)
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(partners, similarity))
+
+    def train_step(self, data):
+        images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            loss = self.contrastive_loss(images, training=True)
+        gradients = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    def test_step(self, data):
+        images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        self.loss_tracker.update_state(self.contrastive_loss(images, training=False))
+        return {"loss": self.loss_tracker.result()}
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
 
 
 def mixture_trainer(network: keras.Model, mixture: dict[str, np.ndarray], inputs: keras.KerasTensor) -> keras.Model:

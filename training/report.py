@@ -116,7 +116,7 @@ def model_figures(folder: Path, manifest: dict, data: Dataset, out_dir: Path) ->
             f"{name}: test images and their reconstructions",
         )
     if "denoised" in outputs:
-        noise_std = manifest["training"]["config"]["noise_std"]
+        noise_std = zoo.get(name).noise_std  # the noise its PSNR is measured at
         noisy = noisy_images(test, noise_std, TEST_NOISE_SEED)[:12]
         _grid(
             [sample, noisy, predict(noisy)["denoised"]],
