@@ -130,9 +130,10 @@ class RandomViews(keras.layers.Layer):
     """A random view of each image for contrastive pretraining (SimCLR's augmentations, for 28x28 grey).
 
     Per image: a random crop of ``min_scale``..1 of the area (aspect 3/4..4/3) resized back to
-    28x28, a left-right flip (when ``flip``), contrast scaled and the garment's brightness shifted by
-    up to ``jitter``, and with probability ``erase_probability`` a square of ``erase_size`` pixels
-    blanked. Random in every call, training or not: it is used only to train, never served.
+    28x28, a left-right flip (when ``flip``), contrast scaled by 1 ± up to ``jitter`` and the
+    garment's brightness (not the background's) shifted by up to ± ``jitter / 2``, and with
+    probability ``erase_probability`` a square of ``erase_size`` pixels blanked. Random in every
+    call, training or not: it is used only to train, never served.
     """
 
     def __init__(
