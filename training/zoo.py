@@ -304,7 +304,7 @@ CONV_SMALL_ARCHITECTURE = (
     "3x3 transposed convolutions {0}/2, {0}/2 relu, 3x3 sigmoid convolution; MSE, Adam, cosine decay"
 )
 SELF_TRAINED_UMAP_GMM_ARCHITECTURE = (
-    "the conv-small autoencoder's 32-d codes; UMAP of the training codes to 10-d (min_dist 0); a full-covariance "
+    "{codes}; UMAP of the training codes to 10-d (min_dist 0); a full-covariance "
     "Gaussian mixture of 10 components on it (N2D); then self-training (DEC-DA style): a dense 32-256-256-10 network "
     "on the encoder, trained end to end with it on augmented training images ({augment}) to predict each image's "
     "mixture component, its 10 outputs read as logits (one-hot targets for {targets}; cross-entropy, Adam, cosine "
@@ -317,11 +317,22 @@ SELF_TRAINED_UMAP_GMM_ARCHITECTURE = (
     else f"the {100 * CONFIDENT_SELF_TRAINING['confident_fraction']:.0f} % of each component's images with the "
     "widest margin between its two most likely components",
 )
+_VIEWS = CONTRASTIVE_FASHION["views"]
 CONTRASTIVE_ENCODER_ARCHITECTURE = (
-    "a conv encoder (3x3 convolutions 32, 32/2, 64, 64/2, batch normalisation, relu; dense 32-d linear code) "
-    "pretrained contrastively, labels unseen (SimCLR: two random views of each training image, a crop of 45-100 % "
-    "of its area resized to 28x28, left-right flip, contrast and brightness jitter 0.4, a 10-pixel square erased "
-    "in 30 % of them; a dense 128-64 projection head; NT-Xent at temperature 0.2; Adam, cosine decay); its 32-d codes"
+    "a conv encoder (3x3 convolutions {0}, {0}/2, {1}, {1}/2, batch normalisation, relu; dense {code}-d linear "
+    "code) pretrained contrastively, labels unseen (SimCLR: two random views of each training image, a crop of "
+    "{crop:.0f}-100 % of its area resized to 28x28, left-right flip, contrast and brightness jitter {jitter:g}, a "
+    "{erase}-pixel square erased in {erased:.0f} % of them; a dense {2}-{3} projection head; NT-Xent at temperature "
+    "{temperature:g}; Adam, cosine decay); its {code}-d codes"
+).format(
+    *CONTRASTIVE_FASHION["filters"],
+    *CONTRASTIVE_FASHION["projection"],
+    code=CONTRASTIVE_FASHION["code_dim"],
+    crop=100 * _VIEWS["min_scale"],
+    jitter=_VIEWS["jitter"],
+    erase=_VIEWS["erase_size"],
+    erased=100 * _VIEWS["erase_probability"],
+    temperature=CONTRASTIVE_FASHION["temperature"],
 )
 SPECS += (
     Spec(
@@ -382,7 +393,9 @@ SPECS += (
         "mnist",
         "umap-gmm",
         ("encode", "cluster"),
-        SELF_TRAINED_UMAP_GMM_ARCHITECTURE.format(augment="±10° rotation, ±10 % shift"),
+        SELF_TRAINED_UMAP_GMM_ARCHITECTURE.format(
+            codes="the conv-small autoencoder's 32-d codes", augment="±10° rotation, ±10 % shift"
+        ),
         "autoencoder + KMeans 0.88; N2D 0.979 on all 70k, 0.948 on test only; DEC-DA 0.985",
         (Floor("cluster_acc", 0.98, source=ISSUE_7),),
         p.train_umap_gmm,
@@ -394,8 +407,8 @@ SPECS += (
         "fashion-mnist",
         "umap-gmm",
         ("encode", "cluster"),
-        SELF_TRAINED_UMAP_GMM_ARCHITECTURE.format(augment="left-right flips, ±6 % shift").replace(
-            "the conv-small autoencoder's 32-d codes", CONTRASTIVE_ENCODER_ARCHITECTURE
+        SELF_TRAINED_UMAP_GMM_ARCHITECTURE.format(
+            codes=CONTRASTIVE_ENCODER_ARCHITECTURE, augment="left-right flips, ±6 % shift"
         ),
         "N2D 0.672; DEC 0.62",
         (Floor("cluster_acc", 0.65, source=NOT_YET, goal=0.70),),
