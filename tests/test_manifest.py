@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 from conftest import MODELS_DIR
 
@@ -44,3 +45,20 @@ def test_denoising_figures_are_measured_at_the_issues_noise():
     denoisers = [spec for spec in zoo.SPECS if "denoise" in spec.endpoints]
     assert len(denoisers) == 2
     assert all(spec.noise_std == 0.6 for spec in denoisers)
+
+
+def test_evaluate_records_the_recipes_floors_in_a_stale_manifest(tmp_path):
+    from training.cli import main
+    from training.export import floor_records
+
+    shutil.copytree(MODELS_DIR / "mnist-kmeans", tmp_path / "mnist-kmeans")
+    path = tmp_path / "mnist-kmeans" / "1" / "manifest.json"
+    committed = json.loads(path.read_text())
+    stale = copy.deepcopy(committed)
+    stale["reference"]["floors"][0] |= {"value": 0.99, "holds": False}
+    path.write_text(json.dumps(stale, indent=2) + "\n")
+
+    assert main(["evaluate", "mnist-kmeans", "--models-dir", str(tmp_path), "--record-floors"]) == 0
+    recorded = json.loads(path.read_text())
+    assert recorded["reference"]["floors"] == floor_records(zoo.get("mnist-kmeans"), committed["metrics"])
+    assert recorded == committed  # nothing else moved: metrics, files and their checksums

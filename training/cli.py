@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
         help="re-evaluate committed models against their floors, through model.tflite as the service runs them",
     )
     evaluate.add_argument("names", nargs="*")
+    evaluate.add_argument(
+        "--record-floors",
+        action="store_true",
+        help="write each recipe's floors, as they now stand in training/zoo.py, into its latest version's manifest "
+        "(after a floor changed; whether each holds is judged on the manifest's own metrics)",
+    )
 
     convert = sub.add_parser(
         "convert",
@@ -137,6 +143,7 @@ def _evaluate(args) -> int:
     from training import zoo
     from training.datasets import load_dataset
     from training.evaluate import evaluate, outlier_images, read_manifest, served_predict
+    from training.export import floor_records, write_manifest
     from training.registry import committed_models
 
     failed = 0
@@ -161,6 +168,10 @@ def _evaluate(args) -> int:
                 f"{spec.name:34} {key:28} {manifest['metrics'][floor.split][floor.metric]:10.4f} "
                 f"{metrics[floor.split][floor.metric]:10.4f}  {floor.describe()} {'ok' if holds else 'FAILS'}"
             )
+        if args.record_floors and manifest["reference"]["floors"] != floor_records(spec, manifest["metrics"]):
+            manifest["reference"]["floors"] = floor_records(spec, manifest["metrics"])
+            write_manifest(folder, manifest)
+            print(f"{spec.name:34} floors recorded in {folder / 'manifest.json'}")
     return 1 if failed else 0
 
 

@@ -120,6 +120,21 @@ def architecture_description(spec: Spec, config: dict) -> str:
     )
 
 
+def floor_records(spec: Spec, metrics: dict) -> list[dict]:
+    """The manifest's record of ``spec``'s floors and whether ``metrics`` (the export's) meet each."""
+    return [
+        {
+            "metric": f.metric,
+            "split": f.split,
+            "value": f.value,
+            "higher_is_better": f.higher_is_better,
+            "source": f.source,
+            "holds": f.holds(metrics),
+        }
+        for f in spec.floors
+    ]
+
+
 def build_manifest(
     spec: Spec,
     trained: Trained,
@@ -172,17 +187,7 @@ def build_manifest(
         "metrics": metrics,
         "reference": {
             "figure": spec.reference,
-            "floors": [
-                {
-                    "metric": f.metric,
-                    "split": f.split,
-                    "value": f.value,
-                    "higher_is_better": f.higher_is_better,
-                    "source": f.source,
-                    "holds": f.holds(metrics),
-                }
-                for f in spec.floors
-            ],
+            "floors": floor_records(spec, metrics),
         },
         "project_version": __version__,
         "tensorflow_version": tf.__version__,
