@@ -296,3 +296,32 @@ def test_contrastive_pretraining_trains_the_encoder_without_labels():
     assert np.isfinite(history.history["loss"][0]) and np.isfinite(history.history["val_loss"][0])
     assert any(not np.array_equal(a, b) for a, b in zip(before, encoder.get_weights(), strict=True))
     assert encoder.output_shape == (None, 32)
+
+
+def test_scan_losses_reward_neighbours_that_agree_and_clusters_that_spread():
+    from training.procedures import scan_losses, scan_objective
+
+    # every image gets the same assignment (0.5, 0.25, 0.25): neighbours agree as much as that allows
+    logits = np.tile(np.log(np.array([[0.5, 0.25, 0.25]], np.float32)), (6, 1))
+    consistency, entropy = scan_losses(logits, logits[::-1])
+    assert float(consistency) == pytest.approx(-np.log(0.5**2 + 2 * 0.25**2), rel=1e-5)
+    assert float(entropy) == pytest.approx(-(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25)), rel=1e-5)
+    # over every pair: certain, agreeing neighbours in two equal clusters cost nothing but -w log 2
+    probabilities = np.eye(2)[[0, 0, 0, 1, 1, 1]]
+    neighbours = np.array([[1, 2], [0, 2], [0, 1], [4, 5], [3, 5], [3, 4]])
+    objective = scan_objective(probabilities, neighbours, entropy_weight=5.0)
+    assert objective["disagreement"] == pytest.approx(0.0, abs=1e-6)
+    assert objective["loss"] == pytest.approx(-5.0 * np.log(2), rel=1e-5)
+    # one image whose neighbours sit in the other cluster: -log(1e-7) for its two pairs, over 12
+    neighbours[0] = [3, 4]
+    disagreement = scan_objective(probabilities, neighbours, 5.0)["disagreement"]
+    assert disagreement == pytest.approx(-2 * np.log(1e-7) / 12, rel=1e-4)
+
+
+def test_scan_head_standardises_codes_to_logits():
+    codes = np.random.default_rng(2).normal(3.0, 2.0, size=(64, 32)).astype(np.float32)
+    head = recipes.scan_head(32, 16, 10, codes.mean(axis=0), codes.var(axis=0), name="scan_head_3")
+    standardized = head.get_layer("standardize_codes")(codes).numpy()
+    np.testing.assert_allclose(standardized.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(standardized.std(axis=0), 1.0, atol=1e-3)
+    assert head.output_shape == (None, 10) and head.name == "scan_head_3"

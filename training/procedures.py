@@ -593,3 +593,152 @@ def train_umap_gmm(data: Dataset, cfg: dict, ctx: Context) -> Trained:
 
 
 STACKED_FASHION = {"optimizer": "sgd", "lr": 1.5, "batch_size": 32, "epochs": 20}
+
+
+def scan_losses(logits_i: tf.Tensor, logits_j: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """SCAN's two terms for neighbours' logits: disagreement (mean ``-log p_i·p_j``), the mean assignment's entropy."""
+    p_i, p_j = tf.nn.softmax(logits_i), tf.nn.softmax(logits_j)
+    consistency = -tf.reduce_mean(tf.math.log(tf.reduce_sum(p_i * p_j, axis=1) + 1e-7))
+    mean = tf.reduce_mean(p_i, axis=0)
+    return consistency, -tf.reduce_sum(mean * tf.math.log(mean + 1e-7))
+
+
+def scan_objective(probabilities: np.ndarray, neighbours: np.ndarray, entropy_weight: float) -> dict[str, float]:
+    """SCAN's loss over every image and each of its neighbours, not a batch: disagreement, entropy, total."""
+    p = probabilities.astype(np.float64)
+    disagreement = float(-np.mean(np.log(np.einsum("nc,nkc->nk", p, p[neighbours]) + 1e-7)))
+    mean = p.mean(axis=0)
+    entropy = float(-np.sum(mean * np.log(mean + 1e-7)))
+    return {"disagreement": disagreement, "entropy": entropy, "loss": disagreement - entropy_weight * entropy}
+
+
+def nearest_neighbours(codes: np.ndarray, k: int) -> np.ndarray:
+    """Each code's ``k`` nearest other codes (indices, nearest first), Euclidean on standardised codes."""
+    from sklearn.neighbors import NearestNeighbors
+
+    standardized = (codes - codes.mean(axis=0)) / codes.std(axis=0)
+    found = NearestNeighbors(n_neighbors=k + 1).fit(standardized).kneighbors(standardized, return_distance=False)
+    return found[:, 1:]
+
+
+def fit_scan(
+    network: keras.Model,
+    inputs: np.ndarray,
+    neighbours: np.ndarray,
+    phase: dict,
+    entropy_weight: float,
+    epochs: int,
+    seed: int,
+) -> list[float]:
+    """Train ``network`` (inputs to one logits tensor per head) with SCAN's loss, averaged over its heads.
+
+    Each step takes a batch of images and one random neighbour of each; both go through the
+    network in training mode (so its augmentation, if any, is active). Returns each epoch's mean loss.
+    """
+    rng = np.random.default_rng(seed)
+    opt = optimizer(phase["optimizer"], phase["lr"])
+
+    @tf.function
+    def step(anchors, partners):
+        with tf.GradientTape() as tape:
+            pairs = zip(network(anchors, training=True), network(partners, training=True), strict=True)
+            terms = [scan_losses(a, b) for a, b in pairs]
+            loss = tf.add_n([consistency - entropy_weight * entropy for consistency, entropy in terms]) / len(terms)
+        gradients = tape.gradient(loss, network.trainable_variables)
+        opt.apply_gradients(zip(gradients, network.trainable_variables, strict=True))
+        return loss
+
+    k, batch, losses = neighbours.shape[1], phase["batch_size"], []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        order, batch_losses = rng.permutation(len(inputs)), []
+        for i in range(0, len(inputs), batch):
+            anchors = order[i : i + batch]
+            partners = neighbours[anchors, rng.integers(0, k, len(anchors))]
+            batch_losses.append(float(step(inputs[anchors], inputs[partners])))
+        losses.append(float(np.mean(batch_losses)))
+        print(f"    epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}, {time.perf_counter() - start:.1f} s", flush=True)
+    return losses
+
+
+def train_scan(data: Dataset, cfg: dict, ctx: Context) -> Trained:
+    """SCAN's clustering step (Van Gansbeke et al. 2020) from an exported contrastive encoder.
+
+    The encoder starts as ``cfg["encoder_from"]``'s (``<name>/<version>`` under
+    ``ctx.models_dir``, a ``umap-gmm`` export with a contrastive encoder). Each training image's
+    ``n_neighbors`` nearest training codes are mined once; ``heads`` heads (from different initial
+    weights) then learn to give an image and a random one of its neighbours the same cluster
+    (``-log p_i·p_j``) while keeping the mean assignment spread over the clusters (minus
+    ``entropy_weight`` times its entropy): first on the frozen codes (``heads_only``), then all
+    together with the encoder, end to end on augmented images (``end_to_end``). As in SCAN, the
+    head with the lowest loss over every image and neighbour is served, its logits read by
+    :func:`softmax_mixture`. Labels are used only to name the clusters and to report.
+    """
+    if ctx.models_dir is None:
+        raise ValueError("encoder_from needs the models directory (Context.models_dir)")
+    source = warm_start.restore_exported(ctx.models_dir / cfg["encoder_from"], _umap_gmm_serving)
+    encoder = source.get_layer("encoder")
+    x = data.train.pixels()
+    codes = encoder.predict(x, verbose=0, batch_size=1000)
+    start = time.perf_counter()
+    neighbours = nearest_neighbours(codes, min(cfg["n_neighbors"], len(codes) - 1))
+    print(f"  {neighbours.shape[1]} nearest neighbours of each training code: {time.perf_counter() - start:.1f} s")
+
+    keras.utils.set_random_seed(ctx.seed)
+    code_dim, n_clusters = codes.shape[1], cfg["n_clusters"]
+    heads = [
+        recipes.scan_head(code_dim, cfg["hidden"], n_clusters, codes.mean(0), codes.var(0), name=f"scan_head_{h + 1}")
+        for h in range(cfg["heads"])
+    ]
+    on_codes = keras.Input((code_dim,), name="codes")
+    images = keras.Input(recipes.IMAGE_SHAPE, name="images")
+    augmented_codes = encoder(recipes.augmentation(**cfg["end_to_end"]["augment"])(images))
+    networks = {
+        "heads_only": keras.Model(on_codes, [head(on_codes) for head in heads], name="scan_heads"),
+        "end_to_end": keras.Model(images, [head(augmented_codes) for head in heads], name="scan_end_to_end"),
+    }
+    history = {}
+    for phase, inputs in (("heads_only", codes), ("end_to_end", x)):
+        settings = cfg[phase]
+        epochs = ctx.epochs(settings["epochs"])
+        print(
+            f"  SCAN {phase.replace('_', ' ')}: {len(heads)} heads, {epochs} epochs, {settings['optimizer']} "
+            f"lr {settings['lr']}, batch {settings['batch_size']}, entropy weight {cfg['entropy_weight']}",
+            flush=True,
+        )
+        losses = fit_scan(networks[phase], inputs, neighbours, settings, cfg["entropy_weight"], epochs, ctx.seed)
+        history[phase] = {"loss": losses}
+
+    codes = encoder.predict(x, verbose=0, batch_size=1000)
+    per_head = {"disagreement": [], "entropy": [], "loss": [], "train_cluster_acc": []}
+    for head in heads:
+        probabilities = tf.nn.softmax(head.predict(codes, verbose=0, batch_size=1000)).numpy()
+        for key, value in scan_objective(probabilities, neighbours, cfg["entropy_weight"]).items():
+            per_head[key].append(value)
+        per_head["train_cluster_acc"].append(cluster_accuracy(data.train.labels, np.argmax(probabilities, axis=1)))
+    best = int(np.argmin(per_head["loss"]))
+    for h in range(len(heads)):
+        print(
+            f"  head {h + 1}: loss {per_head['loss'][h]:.4f} (disagreement {per_head['disagreement'][h]:.4f}, "
+            f"entropy {per_head['entropy'][h]:.4f}){'  <- served' if h == best else ''}",
+            flush=True,
+        )
+    mixture = softmax_mixture(n_clusters)
+    serving = recipes.gmm_serving(encoder, heads[best], **mixture, name=_model_name(data, "scan"))
+    served = serving.predict(x, verbose=0, batch_size=1000)["cluster"]
+    notes = {
+        "heads": per_head,
+        "served_head": best + 1,
+        "served_train_cluster_acc": cluster_accuracy(data.train.labels, served),
+    }
+    hints = majority_labels(data.train.labels, served, n_clusters)
+    # both phases train every head; no epoch is picked, the last weights are kept
+    return Trained(serving, history, label_hints=hints, mixture=mixture, notes=notes)
+
+
+def _umap_gmm_serving(cfg: dict) -> keras.Model:
+    """The served graph of a ``umap-gmm`` export with a contrastive encoder, rebuilt from its config."""
+    c = cfg["contrastive"]
+    encoder = recipes.conv_encoder(c["code_dim"], tuple(c["filters"]), batch_norm=True)
+    embedder = recipes.embedding_network(c["code_dim"], cfg["embedding_dim"], cfg["hidden"])
+    return recipes.gmm_serving(encoder, embedder, **softmax_mixture(cfg["n_clusters"]), name="umap_gmm")

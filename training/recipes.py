@@ -346,6 +346,16 @@ class ContrastivePretrainer(keras.Model):
         return [self.loss_tracker]
 
 
+def scan_head(
+    code_dim: int, hidden: int, n_clusters: int, mean: np.ndarray, variance: np.ndarray, name: str = "scan_head"
+) -> keras.Model:
+    """SCAN's clustering head: standardised codes, one dense relu layer, logits over the clusters."""
+    codes = keras.Input((code_dim,), name="codes")
+    x = layers.Normalization(mean=mean, variance=variance, name="standardize_codes")(codes)
+    x = layers.Dense(hidden, activation="relu", name="cluster_dense")(x)
+    return keras.Model(codes, layers.Dense(n_clusters, name="cluster_logits")(x), name=name)
+
+
 def mixture_trainer(network: keras.Model, mixture: dict[str, np.ndarray], inputs: keras.KerasTensor) -> keras.Model:
     """``network`` (to the embedding) under a fixed mixture head: outputs ``embedding`` and ``cluster_probabilities``.
 
