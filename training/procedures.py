@@ -632,8 +632,9 @@ def fit_scan(
 ) -> list[float]:
     """Train ``network`` (inputs to one logits tensor per head) with SCAN's loss, averaged over its heads.
 
-    Each step takes a batch of images and one random neighbour of each; both go through the
-    network in training mode (so its augmentation, if any, is active). Returns each epoch's mean loss.
+    Each step takes a batch of inputs (codes or images) and one random neighbour of each; both go
+    through the network in training mode (so its augmentation, if any, is active). Returns each
+    epoch's mean loss.
     """
     rng = np.random.default_rng(seed)
     opt = optimizer(phase["optimizer"], phase["lr"])
@@ -682,7 +683,8 @@ def train_scan(data: Dataset, cfg: dict, ctx: Context) -> Trained:
     codes = encoder.predict(x, verbose=0, batch_size=1000)
     start = time.perf_counter()
     neighbours = nearest_neighbours(codes, min(cfg["n_neighbors"], len(codes) - 1))
-    print(f"  {neighbours.shape[1]} nearest neighbours of each training code: {time.perf_counter() - start:.1f} s")
+    elapsed = time.perf_counter() - start
+    print(f"  {neighbours.shape[1]} nearest neighbours of each training code: {elapsed:.1f} s", flush=True)
 
     keras.utils.set_random_seed(ctx.seed)
     code_dim, n_clusters = codes.shape[1], cfg["n_clusters"]
