@@ -307,14 +307,14 @@ def test_scan_losses_reward_neighbours_that_agree_and_clusters_that_spread():
     assert float(consistency) == pytest.approx(-np.log(0.5**2 + 2 * 0.25**2), rel=1e-5)
     assert float(entropy) == pytest.approx(-(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25)), rel=1e-5)
     # over every pair: certain, agreeing neighbours in two equal clusters cost nothing but -w log 2
-    probabilities = np.eye(2)[[0, 0, 0, 1, 1, 1]]
+    logits = 100 * np.eye(2, dtype=np.float32)[[0, 0, 0, 1, 1, 1]]  # probabilities 1 and 0 to float32's precision
     neighbours = np.array([[1, 2], [0, 2], [0, 1], [4, 5], [3, 5], [3, 4]])
-    objective = scan_objective(probabilities, neighbours, entropy_weight=5.0)
+    objective = scan_objective(logits, neighbours, entropy_weight=5.0)
     assert objective["disagreement"] == pytest.approx(0.0, abs=1e-6)
     assert objective["loss"] == pytest.approx(-5.0 * np.log(2), rel=1e-5)
     # one image whose neighbours sit in the other cluster: -log(1e-7) for its two pairs, over 12
     neighbours[0] = [3, 4]
-    disagreement = scan_objective(probabilities, neighbours, 5.0)["disagreement"]
+    disagreement = scan_objective(logits, neighbours, 5.0)["disagreement"]
     assert disagreement == pytest.approx(-2 * np.log(1e-7) / 12, rel=1e-4)
 
 

@@ -168,8 +168,9 @@ def _evaluate(args) -> int:
                 f"{spec.name:34} {key:28} {manifest['metrics'][floor.split][floor.metric]:10.4f} "
                 f"{metrics[floor.split][floor.metric]:10.4f}  {floor.describe()} {'ok' if holds else 'FAILS'}"
             )
-        if args.record_floors and manifest["reference"]["floors"] != floor_records(spec, manifest["metrics"]):
-            manifest["reference"]["floors"] = floor_records(spec, manifest["metrics"])
+        records = floor_records(spec, manifest["metrics"])
+        if args.record_floors and manifest["reference"]["floors"] != records:
+            manifest["reference"]["floors"] = records
             write_manifest(folder, manifest)
             print(f"{spec.name:34} floors recorded in {folder / 'manifest.json'}")
     return 1 if failed else 0

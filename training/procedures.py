@@ -603,12 +603,11 @@ def scan_losses(logits_i: tf.Tensor, logits_j: tf.Tensor) -> tuple[tf.Tensor, tf
     return consistency, -tf.reduce_sum(mean * tf.math.log(mean + 1e-7))
 
 
-def scan_objective(probabilities: np.ndarray, neighbours: np.ndarray, entropy_weight: float) -> dict[str, float]:
-    """SCAN's loss over every image and each of its neighbours, not a batch: disagreement, entropy, total."""
-    p = probabilities.astype(np.float64)
-    disagreement = float(-np.mean(np.log(np.einsum("nc,nkc->nk", p, p[neighbours]) + 1e-7)))
-    mean = p.mean(axis=0)
-    entropy = float(-np.sum(mean * np.log(mean + 1e-7)))
+def scan_objective(logits: np.ndarray, neighbours: np.ndarray, entropy_weight: float) -> dict[str, float]:
+    """:func:`scan_losses` over every image and each of its neighbours, not a batch: disagreement, entropy, total."""
+    k, logits = neighbours.shape[1], logits.astype(np.float64)  # the choice between heads can hang on 1e-3
+    consistency, entropy = scan_losses(np.repeat(logits, k, axis=0), logits[neighbours.ravel()])
+    disagreement, entropy = float(consistency), float(entropy)
     return {"disagreement": disagreement, "entropy": entropy, "loss": disagreement - entropy_weight * entropy}
 
 
@@ -712,12 +711,13 @@ def train_scan(data: Dataset, cfg: dict, ctx: Context) -> Trained:
         history[phase] = {"loss": losses}
 
     codes = encoder.predict(x, verbose=0, batch_size=1000)
-    per_head = {"disagreement": [], "entropy": [], "loss": [], "train_cluster_acc": []}
+    per_head, assigned = {"disagreement": [], "entropy": [], "loss": [], "train_cluster_acc": []}, []
     for head in heads:
-        probabilities = tf.nn.softmax(head.predict(codes, verbose=0, batch_size=1000)).numpy()
-        for key, value in scan_objective(probabilities, neighbours, cfg["entropy_weight"]).items():
+        logits = head.predict(codes, verbose=0, batch_size=1000)
+        for key, value in scan_objective(logits, neighbours, cfg["entropy_weight"]).items():
             per_head[key].append(value)
-        per_head["train_cluster_acc"].append(cluster_accuracy(data.train.labels, np.argmax(probabilities, axis=1)))
+        assigned.append(np.argmax(logits, axis=1))
+        per_head["train_cluster_acc"].append(cluster_accuracy(data.train.labels, assigned[-1]))
     best = int(np.argmin(per_head["loss"]))
     for h in range(len(heads)):
         print(
@@ -727,7 +727,7 @@ def train_scan(data: Dataset, cfg: dict, ctx: Context) -> Trained:
         )
     mixture = softmax_mixture(n_clusters)
     serving = recipes.gmm_serving(encoder, heads[best], **mixture, name=_model_name(data, "scan"))
-    served = serving.predict(x, verbose=0, batch_size=1000)["cluster"]
+    served = assigned[best]  # the served cluster is the largest logit (softmax_mixture)
     notes = {
         "heads": per_head,
         "served_head": best + 1,
