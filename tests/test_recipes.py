@@ -318,6 +318,25 @@ def test_scan_losses_reward_neighbours_that_agree_and_clusters_that_spread():
     assert disagreement == pytest.approx(-2 * np.log(1e-7) / 12, rel=1e-4)
 
 
+def test_neighbours_of_joined_codes_weigh_each_column_alike_whatever_its_scale():
+    from training.procedures import nearest_neighbours
+
+    rng = np.random.default_rng(5)
+    # two groups that the first code tells apart; the second code, on a thousandfold scale, is noise
+    group = np.repeat([0, 1], 20)
+    first = (group[:, None] * 4.0 + rng.normal(0, 0.3, (40, 2))).astype(np.float32)
+    second = rng.normal(0, 1000.0, (40, 1)).astype(np.float32)
+    neighbours = nearest_neighbours(np.hstack([first, second]), k=3)
+    assert neighbours.shape == (40, 3) and not np.any(neighbours == np.arange(40)[:, None])
+    # standardised, the noise weighs as one column of three, not as everything: most neighbours share a group
+    assert np.mean(group[neighbours] == group[:, None]) > 0.85
+    # unstandardised, the noise would decide
+    from sklearn.neighbors import NearestNeighbors
+
+    raw = NearestNeighbors(n_neighbors=3).fit(np.hstack([first, second])).kneighbors(return_distance=False)
+    assert np.mean(group[raw] == group[:, None]) < 0.75
+
+
 def test_scan_head_standardises_codes_to_logits():
     codes = np.random.default_rng(2).normal(3.0, 2.0, size=(64, 32)).astype(np.float32)
     head = recipes.scan_head(32, 16, 10, codes.mean(axis=0), codes.var(axis=0), name="scan_head_3")

@@ -22,7 +22,7 @@ from sklearn.mixture import GaussianMixture
 
 from training import recipes, warm_start
 from training.datasets import Dataset
-from training.evaluate import noisy_images
+from training.evaluate import load_saved_model, noisy_images
 from training.layers import RandomViews, Standardize
 from training.metrics import cluster_accuracy, majority_labels, per_image_mse
 
@@ -612,7 +612,11 @@ def scan_objective(logits: np.ndarray, neighbours: np.ndarray, entropy_weight: f
 
 
 def nearest_neighbours(codes: np.ndarray, k: int) -> np.ndarray:
-    """Each code's ``k`` nearest other codes (indices, nearest first), Euclidean on standardised codes."""
+    """Each code's ``k`` nearest other codes (indices, nearest first), Euclidean on standardised codes.
+
+    Every column is standardised on its own, so codes from several encoders joined side by side
+    weigh by their number of dimensions, not by their scales.
+    """
     from sklearn.neighbors import NearestNeighbors
 
     standardized = (codes - codes.mean(axis=0)) / codes.std(axis=0)
@@ -666,7 +670,9 @@ def train_scan(data: Dataset, cfg: dict, ctx: Context) -> Trained:
 
     The encoder starts as ``cfg["encoder_from"]``'s (``<name>/<version>`` under
     ``ctx.models_dir``, a ``umap-gmm`` export with a contrastive encoder). Each training image's
-    ``n_neighbors`` nearest training codes are mined once; ``heads`` heads (from different initial
+    ``n_neighbors`` nearest training images are mined once, by its codes joined to the ``codes``
+    output of each export named in ``cfg["neighbour_codes_from"]`` (if any: an autoencoder's codes
+    keep detail that the contrastive ones let go); ``heads`` heads (from different initial
     weights) then learn to give an image and a random one of its neighbours the same cluster
     (``-log p_i·p_j``) while keeping the mean assignment spread over the clusters (minus
     ``entropy_weight`` times its entropy): first on the frozen codes (``heads_only``), then all
@@ -681,9 +687,17 @@ def train_scan(data: Dataset, cfg: dict, ctx: Context) -> Trained:
     x = data.train.pixels()
     codes = encoder.predict(x, verbose=0, batch_size=1000)
     start = time.perf_counter()
-    neighbours = nearest_neighbours(codes, min(cfg["n_neighbors"], len(codes) - 1))
+    joined = cfg.get("neighbour_codes_from", [])
+    mined = np.hstack([codes, *(load_saved_model(ctx.models_dir / source)(x)["codes"] for source in joined)])
+    neighbours = nearest_neighbours(mined, min(cfg["n_neighbors"], len(codes) - 1))
+    purity = float(np.mean(data.train.labels[neighbours] == data.train.labels[:, None]))
     elapsed = time.perf_counter() - start
-    print(f"  {neighbours.shape[1]} nearest neighbours of each training code: {elapsed:.1f} s", flush=True)
+    by = "".join(f" and {source}'s" for source in joined)
+    print(
+        f"  {neighbours.shape[1]} nearest neighbours of each training image by its codes{by}: {elapsed:.1f} s "
+        f"({purity:.1%} of them of its class, for the record only)",
+        flush=True,
+    )
 
     keras.utils.set_random_seed(ctx.seed)
     code_dim, n_clusters = codes.shape[1], cfg["n_clusters"]
@@ -732,6 +746,7 @@ def train_scan(data: Dataset, cfg: dict, ctx: Context) -> Trained:
         "heads": per_head,
         "served_head": best + 1,
         "served_train_cluster_acc": cluster_accuracy(data.train.labels, served),
+        "neighbour_purity": purity,
     }
     hints = majority_labels(data.train.labels, served, n_clusters)
     # both phases train every head; no epoch is picked, the last weights are kept
