@@ -62,3 +62,18 @@ def test_evaluate_records_the_recipes_floors_in_a_stale_manifest(tmp_path):
     recorded = json.loads(path.read_text())
     assert recorded["reference"]["floors"] == floor_records(zoo.get("mnist-kmeans"), committed["metrics"])
     assert recorded == committed  # nothing else moved: metrics, files and their checksums
+
+
+def test_the_reports_issue_7_table_is_what_the_committed_manifests_give():
+    from training.evaluate import read_manifest
+    from training.registry import committed_models
+    from training.report import _issue_7_table
+
+    manifests = {m["name"]: m for m in map(read_manifest, committed_models(MODELS_DIR))}
+    rows = _issue_7_table(manifests)
+    report = (MODELS_DIR / "REPORT.md").read_text().splitlines()
+    assert [row for row in rows if row not in report] == [], "models/REPORT.md is stale: python -m training report"
+    goals = {(s.dataset, f.describe_goal()) for s in zoo.SPECS for f in s.floors if f.source.startswith(zoo.ISSUE_7)}
+    assert len(rows) == 2 + len(goals)  # header, rule, one row per goal
+    (ood,) = [row for row in rows if "ood_auroc" in row]
+    assert "| none of the serving systems offer it |" in ood  # a floor's own figures, not its spec's MSE ones

@@ -211,7 +211,8 @@ def _issue_7_table(manifests: dict[str, dict]) -> list[str]:
         if others:
             ours += f"; also {', '.join(others)}"
         rows.append(
-            f"| {ENDPOINT_OF_METRIC[floor.metric]} {spec.dataset} | {floor.describe_goal()} | {spec.reference} | "
+            f"| {ENDPOINT_OF_METRIC[floor.metric]} {spec.dataset} | {floor.describe_goal()} | "
+            f"{floor.published or spec.reference} | "
             f"{recipe} | {ours} | {'yes' if floor.meets_goal(manifests[spec.name]['metrics']) else '**no**'} |"
         )
     return rows

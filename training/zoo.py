@@ -18,6 +18,7 @@ class Floor:
     split: str = "test"
     source: str = "RECIPES.md reference figure"
     goal: float | None = None  # the figure asked for, where CI holds a lower one until it is reached
+    published: str | None = None  # the field's figures for this metric, where the spec's reference is another's
 
     def holds(self, metrics: dict[str, dict[str, float]], value: float | None = None) -> bool:
         got, value = metrics[self.split][self.metric], self.value if value is None else value
@@ -371,7 +372,12 @@ SPECS += (
         "PCA-32 test MSE 0.0168; PCA-64 0.0091",
         (
             Floor("mse", 0.008, higher_is_better=False, source=ISSUE_7),
-            Floor("ood_auroc", 0.99, source=ISSUE_7 + ": Fashion-MNIST test vs MNIST test by reconstruction error"),
+            Floor(
+                "ood_auroc",
+                0.99,
+                source=ISSUE_7 + ": Fashion-MNIST test vs MNIST test by reconstruction error",
+                published="none of the serving systems offer it",
+            ),
         ),
         p.train_conv_autoencoder,
         {**CONV_SMALL_MNIST, "ood_dataset": "fashion-mnist"},
