@@ -671,14 +671,15 @@ def train_scan(data: Dataset, cfg: dict, ctx: Context) -> Trained:
     The encoder starts as ``cfg["encoder_from"]``'s (``<name>/<version>`` under
     ``ctx.models_dir``, a ``umap-gmm`` export with a contrastive encoder). Each training image's
     ``n_neighbors`` nearest training images are mined once, by its codes joined to the ``codes``
-    output of each export named in ``cfg["neighbour_codes_from"]`` (if any: an autoencoder's codes
-    keep detail that the contrastive ones let go); ``heads`` heads (from different initial
-    weights) then learn to give an image and a random one of its neighbours the same cluster
-    (``-log p_i·p_j``) while keeping the mean assignment spread over the clusters (minus
-    ``entropy_weight`` times its entropy): first on the frozen codes (``heads_only``), then all
-    together with the encoder, end to end on augmented images (``end_to_end``). As in SCAN, the
-    head with the lowest loss over every image and neighbour is served, its logits read by
-    :func:`softmax_mixture`. Labels are used only to name the clusters and to report.
+    output of each export named in ``cfg["neighbour_codes_from"]`` (if any: an autoencoder's
+    codes, trained to redraw the image where the contrastive ones ignore what views change).
+    ``heads`` heads (from different initial weights) then learn to give an image and a random one
+    of its neighbours the same cluster (``-log p_i·p_j``) while keeping the mean assignment spread
+    over the clusters (minus ``entropy_weight`` times its entropy): first on the frozen codes
+    (``heads_only``), then all together with the encoder, end to end on augmented images
+    (``end_to_end``). As in SCAN, the head with the lowest loss over every image and neighbour is
+    served, its logits read by :func:`softmax_mixture`. Labels are used only to name the clusters
+    and to report.
     """
     if ctx.models_dir is None:
         raise ValueError("encoder_from needs the models directory (Context.models_dir)")
