@@ -5,7 +5,7 @@
 #   docker run --rm -p 8000:8000 aeserve:0.1.0          # or: docker compose up --wait
 #
 # Configuration is by environment variables only: the service's AESERVE_* settings (app/settings.py,
-# README's table) and uvicorn's WEB_CONCURRENCY (worker processes; each loads its own models, ~300 MB).
+# README's table) and uvicorn's WEB_CONCURRENCY (worker processes; each loads its own models, ~620 MiB).
 # The image installs through `make install`, the same target as `make serve`: there is one install path.
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
