@@ -258,13 +258,22 @@ def test_compose_runs_the_image_on_port_8000_with_a_readiness_healthcheck():
     assert service["ports"] == ["8000:8000"]
     test = service["healthcheck"]["test"]
     assert test[:3] == ["CMD", "python", "-c"] and "http://127.0.0.1:8000/readyz" in test[3]
-    env = {}
+    env, from_shell_only = {}, []
     for name, value in service["environment"].items():
+        if value is None:  # Compose passes the shell's value when there is one, else leaves it unset
+            from_shell_only.append(name)
+            continue
         match = re.fullmatch(r"\$\{(\w+):-(.*)\}", str(value))
         assert match and match[1] == name, f"{name}: {value!r} should be ${{{name}:-default}}"
         env[name] = match[2]
     assert env["WEB_CONCURRENCY"] == "1"
     check_settings(env, "compose.yaml", defaults=True)
+    # every setting reaches the container, but the two the image fixes (its baked models, LiteRT)
+    passed = {name.removeprefix("AESERVE_").lower() for name in [*env, *from_shell_only] if name.startswith("AESERVE_")}
+    assert passed == set(Settings.model_fields) - {"models_dir", "runtime"}
+    # those without a fallback are the settings whose default is "none": an empty value would not mean that
+    assert sorted(from_shell_only) == ["AESERVE_API_KEY", "AESERVE_CORS_ORIGINS"]
+    assert Settings().api_key is None and Settings().cors_origins == []
 
 
 # --- Kubernetes ---------------------------------------------------------------------------------------
