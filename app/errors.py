@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import reprlib
 
 import orjson
 from fastapi import FastAPI, Request
@@ -21,6 +22,15 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.headers = headers
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxlist, _BRIEF.maxdict, _BRIEF.maxstring, _BRIEF.maxother = 2, 4, 4, 40, 40
+
+
+def brief(value: object) -> str:
+    """A client's value as an error message quotes it: short, and shallow however deeply it nests."""
+    return _BRIEF.repr(value)
 
 
 def error_body(message: str) -> bytes:

@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 from python_multipart.multipart import parse_options_header
 
-from app.errors import ApiError
+from app.errors import ApiError, brief
 from app.imaging import decode_image, mnist_style, plain_28
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -55,7 +55,8 @@ def image_count(shape: tuple[int, ...], what: str) -> int:
         return shape[0]
     if len(shape) == 2 and shape[1] == 784:
         return shape[0]
-    raise ApiError(422, f"{what} has shape {shape}; expected (28,28), (N,28,28), (N,28,28,1) or (N,784)")
+    got = f"shape {shape}" if len(shape) <= 8 else f"{len(shape)} dimensions"
+    raise ApiError(422, f"{what} has {got}; expected (28,28), (N,28,28), (N,28,28,1) or (N,784)")
 
 
 def _as_images(array: np.ndarray, what: str) -> np.ndarray:
@@ -98,7 +99,7 @@ def parse_json(body: bytes, limits: Limits) -> np.ndarray:
         raise ApiError(400, 'JSON body must be an object with an "images" list')
     images, scale = payload["images"], payload.get("pixel_scale", 1)
     if isinstance(scale, bool) or scale not in (1, 255):
-        raise ApiError(422, f"pixel_scale must be 1 (values 0..1) or 255 (values 0..255), not {scale!r}")
+        raise ApiError(422, f"pixel_scale must be 1 (values 0..1) or 255 (values 0..255), not {brief(scale)}")
     if not isinstance(images, list):
         raise ApiError(422, '"images" must be a list of images (28x28 nested lists or flat lists of 784 numbers)')
     if len(images) > limits.max_batch:

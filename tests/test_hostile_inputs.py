@@ -80,6 +80,11 @@ def flat(value: object, count: int = 1) -> dict:
     return {"images": [[value] * 784 for _ in range(count)]}
 
 
+def deep_json(before: bytes, depth: int, after: bytes = b"}") -> Request:
+    """A JSON body with a list nested ``depth`` deep between ``before`` and ``after``."""
+    return raw(before + b"[" * depth + b"0" + b"]" * depth + after, JSON_T)
+
+
 def with_query(request: Request, **params: str) -> Request:
     return request | {"params": params}
 
@@ -268,6 +273,9 @@ def n_images(value: object, count: int) -> Request:
 # ---------------------------------------------------------------- the table
 
 E, R, D, C, K = "/encode", "/reconstruct", "/denoise", "/classify", "/cluster"
+V1, V2 = "/v1/models/mnist-conv", "/v2/models/mnist-conv"
+ZERO = [0.0] * 784
+V2_IMAGE = orjson.dumps({"name": "images", "shape": [1, 784], "datatype": "FP32", "data": ZERO})
 
 CASES = [
     # --- multipart image files
@@ -404,6 +412,40 @@ CASES = [
     Case("seed-5000-digits", D, lambda: with_query(npy(ZEROS), noise_std="0.5", seed="9" * 5000), 422, says("seed")),
     Case("preprocess-empty", C, lambda: with_query(files(png_bytes(seven())), preprocess=""), 422, says("preprocess")),
     Case("preprocess-upper-case", K, lambda: with_query(npy(ZEROS), preprocess="NONE"), 422, says("preprocess")),
+    # "²".isdigit() is true, but int("²") fails
+    Case("version-superscript-two-v1", V1 + "/versions/\u00b2:predict", lambda: as_json({}), 404, says("whole")),
+    Case("version-superscript-two-v2", V2 + "/versions/\u00b2/infer", lambda: as_json({}), 404, says("whole")),
+    # values nested 1000 deep (orjson reads up to 1024): quoted shallowly in the error, never recursed into
+    Case("pixel-scale-nested-1000-deep", E, lambda: deep_json(b'{"images": [[0]], "pixel_scale": ', 1000), 422),
+    Case("signature-name-nested-1000-deep", V1 + ":predict", lambda: deep_json(b'{"signature_name": ', 1000), 400),
+    Case(
+        "instance-named-1000-deep",
+        V1 + ":predict",
+        lambda: raw(b'{"instances": [' + b'{"images": ' * 1000 + b"0" + b"}" * 1000 + b"]}", JSON_T),
+        400,
+        says("instance"),
+    ),
+    Case(
+        "v2-output-name-nested-1000-deep",
+        V2 + "/infer",
+        lambda: deep_json(b'{"inputs": [' + V2_IMAGE + b'], "outputs": [{"name": ', 1000, b"}]}"),
+        400,
+        says("outputs"),
+    ),
+    Case(
+        "v2-datatype-a-list",
+        V2 + "/infer",
+        lambda: as_json({"inputs": [{"name": "images", "shape": [1, 784], "datatype": ["FP32"], "data": [0.0] * 784}]}),
+        400,
+        says("datatype"),
+    ),
+    Case(
+        "v2-shape-of-rank-71",
+        V2 + "/infer",
+        lambda: as_json({"inputs": [{"name": "images", "shape": [1] * 70 + [784], "datatype": "FP32", "data": ZERO}]}),
+        422,
+        says("71 dimensions"),
+    ),
 ]
 
 assert len({case.id for case in CASES}) == len(CASES), "case ids must be unique"

@@ -78,6 +78,10 @@ async def test_tf_serving_model_status_and_metadata(client, committed_app):
     available = {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
     assert status.json() == {"model_version_status": [available]}
     assert (await client.get(f"/v1/models/{MODEL}/versions/1")).json() == status.json()
+    # a version is read as a number wherever a path names it: status, metadata and predict alike
+    assert (await client.get(f"/v1/models/{MODEL}/versions/01")).json() == status.json()
+    superscript = await client.get(f"/v1/models/{MODEL}/versions/\u00b2")
+    assert superscript.status_code == 404 and "whole numbers" in superscript.json()["error"]
 
     for path in (f"/v1/models/{MODEL}/metadata", f"/v1/models/{MODEL}/versions/1/metadata"):
         metadata = (await client.get(path)).json()

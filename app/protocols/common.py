@@ -46,9 +46,14 @@ def find_model(registry: Registry, name: str, version: str | None) -> ServedMode
     """The loaded model a protocol path names (newest version unless one is given), or 404/503."""
     if version is None:
         return registry.get(name)
-    if not version.isdigit():
+    return registry.get(name, version_number(version))
+
+
+def version_number(version: str) -> int:
+    """A protocol path's version (``3``, ``03``), or 404: versions are whole numbers in ASCII digits."""
+    if not (version.isascii() and version.isdigit()):  # "²".isdigit() holds, int("²") fails
         raise ApiError(404, f"model versions are whole numbers, not {version!r}")
-    return registry.get(name, int(version))
+    return int(version)
 
 
 def answer(payload: dict, model: ServedModel) -> Response:

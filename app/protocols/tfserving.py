@@ -17,9 +17,18 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from app.dependencies import get_registry
-from app.errors import ApiError
+from app.errors import ApiError, brief
 from app.inputs import Limits, check_batch
-from app.protocols.common import TF_DTYPES, answer, as_images, b64_image_file, find_model, read_json, tensor_shape
+from app.protocols.common import (
+    TF_DTYPES,
+    answer,
+    as_images,
+    b64_image_file,
+    find_model,
+    read_json,
+    tensor_shape,
+    version_number,
+)
 from app.registry import Registry, ServedModel
 from app.responses import JSON, json_body
 from app.schemas import ErrorResponse
@@ -62,7 +71,7 @@ def _status(registry: Registry, name: str, version: str | None) -> dict:
     if not states:
         raise ApiError(404, f"Servable not found for request: model {name!r} is not served; GET /models lists them")
     if version is not None:
-        states = [s for s in states if str(s.version) == version]
+        states = [s for s in states if s.version == version_number(version)]
         if not states:
             raise ApiError(404, f"Servable not found for request: model {name} has no version {version}")
     return {
@@ -103,9 +112,9 @@ def _metadata(model: ServedModel) -> dict:
 
 def _instance(value: Any, limits: Limits) -> Any:
     """One row: an image as nested lists, ``{"b64": ...}``, or ``{"images": either}``."""
+    if isinstance(value, dict) and set(value) == {INPUT}:
+        value = value[INPUT]  # the input named, once: {"images": {"images": ...}} names nothing more
     if isinstance(value, dict):
-        if set(value) == {INPUT}:
-            return _instance(value[INPUT], limits)
         if set(value) == {"b64"}:
             return b64_image_file(value["b64"], limits)
         raise ApiError(400, f'an instance names inputs {sorted(value)}; the signature\'s one input is "{INPUT}"')
@@ -118,7 +127,7 @@ def _images(body: Any, limits: Limits) -> tuple[np.ndarray, bool]:
         raise ApiError(400, 'the body must be a JSON object with "instances" or "inputs"')
     signature = body.get("signature_name", SIGNATURE)
     if signature != SIGNATURE:
-        raise ApiError(400, f"Serving signature name: {signature!r} not found in signature def; use {SIGNATURE!r}")
+        raise ApiError(400, f"Serving signature name: {brief(signature)} not found in signature def; use {SIGNATURE!r}")
     if ("instances" in body) == ("inputs" in body):
         raise ApiError(400, 'send exactly one of "instances" (row format) or "inputs" (columnar format)')
     row = "instances" in body

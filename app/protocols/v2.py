@@ -23,8 +23,8 @@ from fastapi.responses import Response
 
 from app import __version__
 from app.dependencies import get_registry
-from app.errors import ApiError
-from app.inputs import Limits
+from app.errors import ApiError, brief
+from app.inputs import Limits, image_count
 from app.protocols.common import V2_DTYPES, answer, as_images, find_model, read_json, tensor_shape
 from app.registry import Registry, ServedModel
 from app.responses import JSON, json_body
@@ -101,8 +101,8 @@ def _input(body: Any, limits: Limits) -> np.ndarray:
     if not isinstance(tensor["name"], str):
         raise ApiError(400, '"name" of the input tensor must be a string')
     datatype, shape, data = tensor["datatype"], tensor["shape"], tensor["data"]
-    if datatype not in SCALES:
-        raise ApiError(400, f"datatype {datatype!r} is not accepted; send {', '.join(SCALES)}")
+    if not isinstance(datatype, str) or datatype not in SCALES:
+        raise ApiError(400, f"datatype {brief(datatype)} is not accepted; send {', '.join(SCALES)}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise ApiError(400, '"shape" must be a list of non-negative integers')
     if not isinstance(data, list):
@@ -116,6 +116,7 @@ def _input(body: Any, limits: Limits) -> np.ndarray:
         raise ApiError(400, '"data" must hold numbers only, nested in lists of equal length') from None
     if array.size != count:
         raise ApiError(400, f'"data" holds {array.size} values; shape {shape} needs {count}')
+    image_count(tuple(shape), "the images tensor")  # 422 for what is no image batch, before numpy's rank limit
     return as_images(array.reshape(shape), limits, "the images tensor", SCALES[datatype])
 
 
@@ -125,6 +126,8 @@ def _requested(body: dict, model: ServedModel) -> tuple[str, ...]:
         return tuple(sorted(model.output_names))
     if not isinstance(wanted, list) or not wanted or not all(isinstance(o, dict) and "name" in o for o in wanted):
         raise ApiError(400, '"outputs" must be a list of objects with a "name"')
+    if not all(isinstance(o["name"], str) for o in wanted):
+        raise ApiError(400, 'each "name" in "outputs" must be a string')
     names = [o["name"] for o in wanted]
     unknown = [n for n in names if n not in model.output_names]
     if unknown:
