@@ -25,18 +25,28 @@ ACCEPTED = "PNG, JPEG, BMP, GIF, WebP, TIFF"
 LIGHTNESS = {"LAB": "L", "HSV": "V"}
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+DEEP_MODES = (*SIXTEEN_BIT_MODES, "I", "F")  # more than 8 bits a pixel
+
+
+def _integer_or_float_scale(mode: str, largest: float) -> float:
+    """What white is in a 32-bit image: 1 for floats in 0..1 (mode F), else 255 or, above that, 65535."""
+    if mode == "F" and largest <= 1.0:
+        return 1.0
+    return 65535.0 if largest > 255 else 255.0
+
+
 def _to_grey(image: Image.Image) -> np.ndarray:
     """Any Pillow mode to a float32 grey array in 0..1 (transparency composited onto white)."""
     if image.mode == "L":  # most uploads: no conversion, no copy before the scaling
         return np.asarray(image, dtype=np.float32) / np.float32(255.0)
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+    if image.mode in SIXTEEN_BIT_MODES:
         return np.asarray(image, dtype=np.uint16).astype(np.float32) / 65535.0
     if image.mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float32)
         if not np.isfinite(values).all():  # float TIFFs can hold NaN or Inf: no grey value fits them
             raise ApiError(422, "image holds NaN or infinite pixel values")
-        scale = 65535.0 if values.max(initial=0) > 255 else 255.0
-        return np.clip(values / scale, 0.0, 1.0)
+        return np.clip(values / _integer_or_float_scale(image.mode, values.max(initial=0)), 0.0, 1.0)
     if image.mode in LIGHTNESS:
         return np.asarray(image.getchannel(LIGHTNESS[image.mode]), dtype=np.float32) / 255.0
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -48,6 +58,13 @@ def _to_grey(image: Image.Image) -> np.ndarray:
 
 # Pillow's decompression-bomb warning is an error in this process: decode_image answers it with a 413.
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says (reading EXIF costs as much as decoding: only if any)."""
+    if "exif" in image.info or image.format in EXIF_FORMATS:
+        return ImageOps.exif_transpose(image)
+    return image
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
@@ -67,12 +84,15 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         if width * height > max_pixels:
             raise ApiError(413, f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
         image.seek(0)
+        deep = image.mode in DEEP_MODES
+        if deep:
+            # grey 0..1 at full size, where white is read: a shrink's overshoot must not change it, and
+            # Pillow shrinks 16-bit big-endian pixels wrongly (the new image has no EXIF: upright first)
+            image = Image.fromarray(_to_grey(_upright(image)), "F")
         if max(width, height) > WORKING_SIZE:
             image.draft("L", (WORKING_SIZE, WORKING_SIZE))
             image.thumbnail((WORKING_SIZE, WORKING_SIZE))
-        if "exif" in image.info or image.format in EXIF_FORMATS:  # reading EXIF costs as much as decoding
-            image = ImageOps.exif_transpose(image)
-        return _to_grey(image)
+        return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) if deep else _to_grey(_upright(image))
     except ApiError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -57,6 +57,44 @@ def test_every_pillow_mode_becomes_grey(mode):
     assert grey.min() >= 0 and grey.max() <= 1
 
 
+@pytest.mark.parametrize("size", [(300, 200), (900, 600)], ids=["as-is", "shrunk"])
+@pytest.mark.parametrize(
+    "deep",
+    [
+        lambda grey: Image.fromarray((grey.astype(np.uint16) * 257).astype(">u2")),  # I;16B
+        lambda grey: Image.fromarray(grey.astype(np.uint16) * 257),  # I;16
+        lambda grey: Image.fromarray(grey.astype(np.float32) / 255, "F"),  # floats in 0..1
+        lambda grey: Image.fromarray(grey.astype(np.float32), "F"),  # floats in 0..255
+        lambda grey: Image.fromarray(grey.astype(np.int32) * 257, "I"),
+    ],
+    ids=["16-bit-big-endian", "16-bit", "float-0-1", "float-0-255", "32-bit-integer"],
+)
+def test_deep_tiffs_decode_as_their_8_bit_twin(deep, size):
+    # a TIFF of more than 8 bits a pixel is the same picture: its white is read at full size (before a
+    # shrink to the working size, whose overshoot could change it), and no byte order scrambles it
+    twin = Image.fromarray(np.asarray(Image.open(io.BytesIO(photo_of_digit(7))).convert("L").resize(size)))
+    expected = decode_image(png_bytes(twin), max_pixels=10**6)
+    grey = decode_image(png_bytes(deep(np.asarray(twin)), "TIFF"), max_pixels=10**6)
+    assert grey.shape == expected.shape and grey.dtype == np.float32
+    assert np.abs(grey - expected).max() < 0.02
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16B", "F"])
+def test_exif_orientation_of_a_tiff_turns_it_whatever_its_depth(mode):
+    tall = np.zeros((40, 20), np.uint8)
+    tall[:10] = 255  # white at the top: turned 90° clockwise for display, white is on the right
+    image = {"L": Image.fromarray(tall), "I;16B": Image.fromarray((tall.astype(np.uint16) * 257).astype(">u2"))}.get(
+        mode, Image.fromarray(tall.astype(np.float32) / 255, "F")
+    )
+    exif = image.getexif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF", exif=exif)
+    grey = decode_image(buffer.getvalue(), max_pixels=10**6)
+    assert grey.shape == (20, 40)
+    assert grey[:, -10:].min() == 1.0 and grey[:, :30].max() == 0.0
+
+
 def test_transparent_background_counts_as_white():
     rgba = np.zeros((28, 28, 4), np.uint8)
     rgba[5:20, 10:14] = (0, 0, 0, 255)  # opaque black ink, the rest fully transparent
