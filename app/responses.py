@@ -14,13 +14,17 @@ JSON, NPY, PNG = "application/json", "application/x-npy", "image/png"
 
 
 def negotiate(accept: str | None, offered: tuple[str, ...]) -> str:
-    """The offered media type the ``Accept`` header prefers (JSON when absent or a wildcard); else 406."""
+    """The offered media type the ``Accept`` header prefers (JSON when absent); else 406.
+
+    A wildcard (``*/*``, ``application/*``, ``image/*``) takes JSON where it matches, else the first
+    offered type it matches; a type named with ``q=0`` is refused even where a wildcard matches it.
+    """
     if not accept or not accept.strip():
         return JSON
-    ranges = []
+    ranges, refused = [], set()
     for position, item in enumerate(accept.split(",")):
         media, *params = (part.strip() for part in item.split(";"))
-        quality = 1.0
+        media, quality = media.lower(), 1.0
         for param in params:
             key, _, value = param.partition("=")
             if key.strip() == "q":
@@ -29,14 +33,19 @@ def negotiate(accept: str | None, offered: tuple[str, ...]) -> str:
                 except ValueError:
                     quality = 0.0
         if quality > 0:
-            ranges.append((-quality, position, media.lower()))
+            ranges.append((-quality, position, media))
+        elif not media.endswith("/*"):
+            refused.add(media)
+    preference = (JSON, *(media for media in offered if media != JSON))
     for _, _, media in sorted(ranges):
-        if media in offered:
-            return media
-        if media in ("*/*", "application/*"):
-            return JSON
-        if media == "image/*" and PNG in offered:
-            return PNG
+        if media.endswith("/*"):
+            kind = media.split("/")[0]
+            matched = [m for m in preference if m in offered and (kind == "*" or m.startswith(kind + "/"))]
+        else:
+            matched = [media] if media in offered else []
+        for candidate in matched:
+            if candidate not in refused:
+                return candidate
     raise ApiError(406, f"cannot answer with {accept}; this endpoint offers " + ", ".join(offered))
 
 

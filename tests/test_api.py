@@ -71,6 +71,44 @@ async def test_npy_output_equals_json_output(client, digits, endpoint, key):
     np.testing.assert_allclose(array, np.array(as_json_body[key], np.float32), rtol=1e-5, atol=1e-6)
 
 
+IMAGES_OUT = ("application/json", "application/x-npy", "image/png")
+
+
+@pytest.mark.parametrize(
+    ("accept", "answer"),
+    [
+        (None, "application/json"),
+        ("*/*", "application/json"),
+        ("image/*", "image/png"),
+        ("application/*", "application/json"),
+        ("image/png;q=0.5, application/x-npy", "application/x-npy"),
+        ("application/json;q=0, */*", "application/x-npy"),  # q=0 refuses a type, even where a wildcard matches
+        ("application/json;q=0, application/*", "application/x-npy"),
+        ("application/json;q=0, application/x-npy;q=0, */*", "image/png"),
+        ("Application/X-NPY", "application/x-npy"),
+        ("application/json;q=0", None),
+        ("text/html", None),
+    ],
+)
+def test_accept_picks_the_preferred_offered_type(accept, answer):
+    from app.errors import ApiError
+    from app.responses import negotiate
+
+    if answer is None:
+        with pytest.raises(ApiError) as refused:
+            negotiate(accept, IMAGES_OUT)
+        assert refused.value.status == 406
+    else:
+        assert negotiate(accept, IMAGES_OUT) == answer
+
+
+async def test_a_refused_json_is_not_answered_through_a_wildcard(client, digits):
+    images, _ = digits
+    headers = NPY | {"accept": "application/json;q=0, */*"}
+    response = await client.post("/reconstruct", content=npy_bytes(images[:2]), headers=headers)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/x-npy"
+
+
 @pytest.mark.parametrize("endpoint", ["reconstruct", "denoise"])
 @pytest.mark.parametrize("count", [1, 5])
 async def test_png_output(client, digits, endpoint, count):
