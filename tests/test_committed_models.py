@@ -54,6 +54,11 @@ def test_committed_model(name, datasets):
     assert spec_in.name == "images" and spec_in.dtype == tf.float32 and spec_in.shape.as_list() == [None, 28, 28]
     expected_outputs = set().union(*(OUTPUTS_FOR[e] for e in spec.endpoints))
     assert expected_outputs <= set(signature.structured_outputs)
+    # the manifest's outputs are the signature's, dtypes included (the cluster index is int32)
+    declared = {key: (out["dtype"], out["shape"]) for key, out in manifest["outputs"].items()}
+    outputs = signature.structured_outputs.items()
+    graph = {key: (t.dtype.name, [-1 if d is None else d for d in t.shape]) for key, t in outputs}
+    assert declared == graph
     if "cluster" in spec.endpoints:
         assert len(CLUSTER_SCORES & set(signature.structured_outputs)) == 1
         assert manifest["clusters"]["output"] in signature.structured_outputs

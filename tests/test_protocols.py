@@ -177,6 +177,10 @@ async def test_v2_all_outputs_flat_data_and_uint8(client, mnist_test):
     assert set(outputs) == {"codes", "reconstruction", "distances", "cluster"}
     assert outputs["reconstruction"]["shape"] == [2, 28, 28] and len(outputs["reconstruction"]["data"]) == 2 * 784
     assert "id" not in answer.json()
+    # the metadata declares each output's datatype as the answer gives it (the cluster index: INT32)
+    metadata = (await client.get("/v2/models/mnist-conv/versions/1")).json()
+    assert {o["name"]: o["datatype"] for o in metadata["outputs"]} == {k: o["datatype"] for k, o in outputs.items()}
+    assert outputs["cluster"]["datatype"] == "INT32"
     codes = np.array(outputs["codes"]["data"], dtype=np.float32).reshape(2, -1)
     np.testing.assert_allclose(codes, await encode(client, images[:2] / 255.0, "mnist-conv"), atol=1e-5)
 

@@ -83,8 +83,8 @@ class ClusterHead(keras.layers.Layer):
         distances = ops.sqrt(ops.maximum(ops.sum(diff * diff, axis=-1), 0.0))
         return distances, ops.cast(ops.argmin(distances, axis=-1), "int32")
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.n_clusters), (input_shape[0],)
+    def compute_output_spec(self, codes):
+        return _scores_and_index(codes.shape[0], self.n_clusters, self.compute_dtype)
 
 
 class GaussianMixtureHead(keras.layers.Layer):
@@ -122,8 +122,13 @@ class GaussianMixtureHead(keras.layers.Layer):
         log_joint = self.log_weights + log_det - 0.5 * (self.dim * np.log(2 * np.pi) + squared)
         return ops.softmax(log_joint, axis=-1), ops.cast(ops.argmax(log_joint, axis=-1), "int32")
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.n_components), (input_shape[0],)
+    def compute_output_spec(self, points):
+        return _scores_and_index(points.shape[0], self.n_components, self.compute_dtype)
+
+
+def _scores_and_index(batch: int | None, n: int, dtype: str) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """A clustering head's outputs: a score per cluster, and the chosen cluster's index (int32, as computed)."""
+    return keras.KerasTensor((batch, n), dtype=dtype), keras.KerasTensor((batch,), dtype="int32")
 
 
 class RandomViews(keras.layers.Layer):
