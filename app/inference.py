@@ -31,6 +31,7 @@ log = logging.getLogger("aeserve")
 PREPROCESS = ("mnist", "none")
 MAX_SEED = 2**32 - 1
 MAX_NOISE_STD = 2.0
+MAX_VERSION = 2**31 - 1
 # Sent with an answer given before the request body was read to its end: otherwise the server would
 # keep the connection and read the rest of a body it has refused, and the client would send it all.
 CLOSE = {"Connection": "close"}
@@ -46,23 +47,30 @@ class Params:
 
     dataset: str | None = None
     model: str | None = None
+    version: int | None = None
     preprocess: bool = True
     noise_std: float | None = None
     seed: int | None = None
 
 
 def parse_params(query_string: bytes, denoise: bool = False) -> Params:
-    """Check ``dataset``, ``model``, ``preprocess`` (and ``noise_std``, ``seed`` on /denoise); 422 when wrong."""
+    """Check ``dataset``, ``model``, ``version``, ``preprocess`` (and ``noise_std``, ``seed`` on /denoise); 422
+    when wrong."""
     query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
     preprocess = query.get("preprocess", "mnist")
     if preprocess not in PREPROCESS:
         raise ApiError(422, f"query parameter preprocess: must be mnist or none, not {preprocess!r}")
+    model, version = query.get("model") or None, None
+    if "version" in query:
+        version = _number(query, "version", int, 1, MAX_VERSION)
+        if model is None:
+            raise ApiError(422, "query parameter version: a version of the model named by model, and none is named")
     noise_std = seed = None
     if denoise and "noise_std" in query:
         noise_std = _number(query, "noise_std", float, 0.0, MAX_NOISE_STD)
     if denoise and "seed" in query:
         seed = _number(query, "seed", int, 0, MAX_SEED)
-    return Params(query.get("dataset") or None, query.get("model") or None, preprocess == "mnist", noise_std, seed)
+    return Params(query.get("dataset") or None, model, version, preprocess == "mnist", noise_std, seed)
 
 
 def _number(query: dict[str, str], name: str, kind: type, low: float, high: float):
@@ -255,7 +263,7 @@ class InferenceApp:
                 length = value
         params = parse_params(scope["query_string"], denoise=endpoint.name == "denoise")
         media = negotiate(accept, endpoint.offered)
-        served = self.registry.resolve(endpoint.name, params.dataset, params.model)
+        served = self.registry.resolve(endpoint.name, params.dataset, params.model, params.version)
         body = await read_body(receive, length, self.limits.max_body_bytes)
         received.body = True
         images = read_images(content_type or "", body, self.limits, params.preprocess)

@@ -18,6 +18,8 @@ NPY_MAGIC = b"\x93NUMPY"
 MEDIA_TYPES = ("multipart/form-data", "application/json", "application/x-npy")
 # Form fields (parts without a filename) a multipart body may carry besides its files.
 MAX_FORM_FIELDS = 16
+# the five endpoints' query parameters: a form field of one of these names would be silently lost
+QUERY_PARAMETERS = frozenset({"dataset", "model", "version", "preprocess", "noise_std", "seed"})
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,9 @@ def parse_multipart(content_type: str, body: bytes, limits: Limits, preprocess: 
     files = [part for part in parts if part.filename is not None]
     if len(parts) - len(files) > MAX_FORM_FIELDS:
         raise ApiError(413, 'too many form fields besides the files; send only parts named "file"')
+    misplaced = sorted({part.name for part in parts if part.filename is None and part.name in QUERY_PARAMETERS})
+    if misplaced:
+        raise ApiError(422, f"{', '.join(misplaced)}: query parameters, not form fields (/classify?preprocess=none)")
     files = [part for part in files if part.name == "file"]
     if not files:
         raise ApiError(422, 'multipart body has no image part named "file"')

@@ -46,6 +46,8 @@ OUTPUTS = {
     "classify": ("probabilities",),
     "cluster": ("cluster", "distances"),
 }
+
+
 @dataclass(eq=False)  # one per loaded version; identity is equality (it keys the model thread's calls)
 class ServedModel:
     """One loaded model version and what its manifest says about it.
@@ -365,12 +367,13 @@ class Registry:
             raise ApiError(404, f"model {name} has no version {version}; versions: {sorted(versions)}")
         return versions[version]
 
-    def resolve(self, endpoint: str, dataset: str | None, name: str | None) -> ServedModel:
-        """The model that answers ``endpoint``: the one named, or the dataset's default."""
+    def resolve(self, endpoint: str, dataset: str | None, name: str | None, version: int | None = None) -> ServedModel:
+        """The model that answers ``endpoint``: the one named (its newest version, or ``version``), or the
+        dataset's default."""
         if dataset is not None and dataset not in DATASETS:
             raise ApiError(404, f"unknown dataset {dataset!r}; datasets: {', '.join(DATASETS)}")
         if name is not None:
-            model = self.get(name)
+            model = self.get(name, version)
             if endpoint not in model.endpoints:
                 raise ApiError(
                     404,

@@ -71,6 +71,20 @@ async def test_npy_output_equals_json_output(client, digits, endpoint, key):
     np.testing.assert_allclose(array, np.array(as_json_body[key], np.float32), rtol=1e-5, atol=1e-6)
 
 
+async def test_version_picks_an_older_version_of_the_named_model(client, digits):
+    images, _ = digits
+    params = {"model": "mnist-conv-denoiser"}
+    newest = (await client.post("/denoise", content=npy_bytes(images[:2]), headers=NPY, params=params)).json()
+    first = await client.post("/denoise", content=npy_bytes(images[:2]), headers=NPY, params=params | {"version": "1"})
+    assert first.status_code == 200 and first.json()["version"] == 1 and newest["version"] == 3
+    # the same numbers as TF Serving's path to that version
+    inputs = {"inputs": (images[:2] / 255).tolist()}
+    v1 = await client.post("/v1/models/mnist-conv-denoiser/versions/1:predict", json=inputs)
+    assert v1.status_code == 200
+    np.testing.assert_allclose(first.json()["images"], np.array(v1.json()["outputs"]["denoised"]), atol=1e-5)
+    assert not np.allclose(first.json()["images"], newest["images"], atol=1e-3)
+
+
 IMAGES_OUT = ("application/json", "application/x-npy", "image/png")
 
 

@@ -112,6 +112,28 @@ CASES = [
     ("noise_std not a number", "/denoise", {"json": as_json(ZEROS), "params": {"noise_std": "lots"}}, 422, "noise_std"),
     ("bad preprocess", "/classify", {"json": as_json(ZEROS), "params": {"preprocess": "magic"}}, 422, "preprocess"),
     ("png asked of classify", "/classify", {"json": as_json(ZEROS), "headers": {"accept": "image/png"}}, 406, "offers"),
+    ("version without a model", "/encode", {"json": as_json(ZEROS), "params": {"version": "1"}}, 422, "version"),
+    (
+        "version not a number",
+        "/denoise",
+        {"json": as_json(ZEROS), "params": {"model": "mnist-conv-denoiser", "version": "two"}},
+        422,
+        "version",
+    ),
+    (
+        "version not served",
+        "/denoise",
+        {"json": as_json(ZEROS), "params": {"model": "mnist-conv-denoiser", "version": "99"}},
+        404,
+        "no version 99",
+    ),
+    (
+        "query parameter as a form field",
+        "/classify",
+        multipart(png_bytes(ZEROS[0])) | {"data": {"preprocess": "none"}},
+        422,
+        "preprocess: query parameters, not form fields",
+    ),
     (
         "npy asked of cluster",
         "/cluster",

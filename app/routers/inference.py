@@ -24,6 +24,7 @@ Dataset = Annotated[str | None, Query(description="mnist or fashion-mnist (defau
 ModelName = Annotated[
     str | None, Query(description="a model name from GET /models (default: the dataset's best for this endpoint)")
 ]
+Version = Annotated[int | None, Query(ge=1, description="a version of the model named by model (default: its newest)")]
 NoiseStd = Annotated[
     float | None, Query(ge=0, le=MAX_NOISE_STD, description="add Gaussian noise of this std first (clipped to 0..1)")
 ]
@@ -86,14 +87,18 @@ def _docs(model, path: str) -> dict:
 
 
 @router.post("/encode", summary="Images to latent codes", **_docs(EncodeResponse, "/encode"))
-def encode(dataset: Dataset = None, model: ModelName = None, preprocess: Preprocess = "mnist") -> None:
+def encode(
+    dataset: Dataset = None, model: ModelName = None, version: Version = None, preprocess: Preprocess = "mnist"
+) -> None:
     """The latent code of each image (`Accept: application/x-npy` for the float32 array)."""
 
 
 @router.post(
     "/reconstruct", summary="Images to reconstructions, with errors", **_docs(ReconstructResponse, "/reconstruct")
 )
-def reconstruct(dataset: Dataset = None, model: ModelName = None, preprocess: Preprocess = "mnist") -> None:
+def reconstruct(
+    dataset: Dataset = None, model: ModelName = None, version: Version = None, preprocess: Preprocess = "mnist"
+) -> None:
     """Each image decoded from its code, its mean squared error and whether that error is in distribution
     (at most the training set's 99th percentile). `Accept: image/png` gives the images (a grid for a batch)."""
 
@@ -102,6 +107,7 @@ def reconstruct(dataset: Dataset = None, model: ModelName = None, preprocess: Pr
 def denoise(
     dataset: Dataset = None,
     model: ModelName = None,
+    version: Version = None,
     preprocess: Preprocess = "mnist",
     noise_std: NoiseStd = None,
     seed: Seed = None,
@@ -111,11 +117,16 @@ def denoise(
 
 
 @router.post("/classify", summary="Images to classes", **_docs(ClassifyResponse, "/classify"))
-def classify(dataset: Dataset = None, model: ModelName = None, preprocess: Preprocess = "mnist") -> None:
+def classify(
+    dataset: Dataset = None, model: ModelName = None, version: Version = None, preprocess: Preprocess = "mnist"
+) -> None:
     """The class of each image, its name, the confidence and every class's probability."""
 
 
 @router.post("/cluster", summary="Images to clusters", **_docs(ClusterResponse, "/cluster"))
-def cluster(dataset: Dataset = None, model: ModelName = None, preprocess: Preprocess = "mnist") -> None:
-    """The nearest KMeans centre of each image's code, the distances to every centre and the cluster's label
-    hint (its majority training label, for display)."""
+def cluster(
+    dataset: Dataset = None, model: ModelName = None, version: Version = None, preprocess: Preprocess = "mnist"
+) -> None:
+    """The cluster of each image: the distances to every KMeans centre (KMeans models) or every cluster's
+    probability (mixture and SCAN models), and the cluster's label hint (its majority training label, for
+    display)."""
