@@ -144,6 +144,16 @@ CASES = [
 ]
 
 
+def test_the_form_fields_refused_are_the_query_parameters_read():
+    # app.inputs cannot import app.inference (which imports it): one list each, held equal here
+    from dataclasses import fields
+
+    from app.inference import Params
+    from app.inputs import QUERY_PARAMETERS
+
+    assert {field.name for field in fields(Params)} == QUERY_PARAMETERS
+
+
 @pytest.mark.parametrize(("endpoint", "kwargs", "status", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 async def test_client_errors(client, endpoint, kwargs, status, words):
     response = await client.post(endpoint, **kwargs)
