@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import math
+import struct
+import threading
 import warnings
+import zlib
 from functools import lru_cache
 
 import numpy as np
@@ -21,6 +24,10 @@ EXIF_FORMATS = ("TIFF", "MPO", "WEBP")
 # Pillow's other plugins (EPS runs Ghostscript, PSD, ICNS, FITS, ...) are never offered a client's bytes.
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 ACCEPTED = "PNG, JPEG, BMP, GIF, WebP, TIFF"
+# Scans of one JPEG beyond which it is refused unread (libjpeg passes over every block of the image once per scan).
+MAX_SCANS = 64
+# Pillow's decompression-bomb limit is process-wide: set to the caller's limit only while a file is opened.
+_OPEN_LOCK = threading.Lock()
 # Modes with no conversion to L in Pillow: their lightness channel is the grey image.
 LIGHTNESS = {"LAB": "L", "HSV": "V"}
 
@@ -67,22 +74,103 @@ def _upright(image: Image.Image) -> Image.Image:
     return image
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Decode one image file's first frame to grey 0..1, refusing oversized images before decoding.
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """An image file opened (its header read, nothing decoded), or :class:`ApiError` 400 for bytes that are no
+    image of the accepted formats and 413 for an image over ``max_pixels``.
+
+    Pillow's decompression-bomb limit, a process-wide setting, is ``max_pixels`` while the file is
+    opened (so a larger setting is honoured), under a lock, since decoders run on several threads.
+    """
+    try:
+        with _OPEN_LOCK:
+            previous = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = max_pixels
+            try:
+                image = Image.open(io.BytesIO(data), formats=FORMATS)
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ApiError(413, f"image too large to decode; the limit is {max_pixels} pixels ({exc})") from None
+    except UnidentifiedImageError:
+        raise ApiError(400, f"a file part is not an image of the accepted formats: {ACCEPTED}") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types (struct.error, IndexError, ...)
+        raise ApiError(400, f"image file is truncated or corrupt ({type(exc).__name__})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ApiError(413, f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    return image
+
+
+def jpeg_scans(data: bytes) -> int:
+    """An upper bound of the scans of a JPEG file: its start-of-scan markers (entropy-coded data never holds
+    one: a 0xFF byte there is followed by 0x00 or a restart marker)."""
+    return data.count(b"\xff\xda")
+
+
+# Adam7's passes: (first column, first row, column step, row step).
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def _png_data_size(width: int, height: int, depth: int, colour: int, interlaced: bool) -> int:
+    """The bytes a PNG's image data inflates to: each row's pixels and its filter byte, per pass if interlaced."""
+    bits = depth * PNG_CHANNELS.get(colour, 4)
+    passes = ADAM7 if interlaced else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        columns, rows = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if columns > 0 and rows > 0:
+            total += rows * (1 + -(-columns * bits // 8))
+    return total
+
+
+def check_png_data(data: bytes) -> None:
+    """400 for a PNG whose image data (its IDAT chunks) inflates to less than its header's size needs.
+
+    Pillow's decoder stops where the compressed stream ends and leaves the rest of the image blank; a
+    header claiming 1x16,000,000 pixels with 1,000 bytes of data would be read as a blank image. Only the
+    bytes the header needs are inflated (and not kept), in slices of 1 MiB.
+    """
+    view, at, need, inflated = memoryview(data), 8, None, 0
+    inflater = zlib.decompressobj()
+    try:
+        while at + 8 <= len(data):
+            length, kind = struct.unpack_from(">I4s", data, at)
+            chunk = view[at + 8 : at + 8 + length]
+            at += 12 + length
+            if kind == b"IHDR" and len(chunk) >= 13:
+                width, height, depth, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", chunk)
+                need = _png_data_size(width, height, depth, colour, interlace == 1)
+            elif kind == b"IDAT" and need is not None:
+                pending = bytes(chunk)
+                while pending and inflated < need and not inflater.eof:
+                    inflated += len(inflater.decompress(pending, 2**20))
+                    pending = inflater.unconsumed_tail
+            elif kind == b"IEND" or (kind != b"IDAT" and inflated):
+                break  # the first frame's data ends where other chunks begin (APNG's frames follow)
+    except zlib.error:
+        raise ApiError(400, "image file is truncated or corrupt (its PNG image data is not a zlib stream)") from None
+    if need is not None and inflated < need:
+        raise ApiError(
+            400, f"image file is truncated: its PNG data holds {inflated} of the {need} bytes its header declares"
+        )
+
+
+def decode_image(data: bytes, max_pixels: int, max_scans: int = MAX_SCANS) -> np.ndarray:
+    """Decode one image file's first frame to grey 0..1, refusing oversized or costly images before decoding.
 
     Raises :class:`ApiError` 400 for bytes that are not an image of the accepted formats (or are
-    truncated or corrupt), 413 for images over ``max_pixels`` (Pillow's decompression-bomb limit,
-    a process-wide setting, is ``max_pixels`` while the file is opened, so a larger setting is
-    honoured and the check happens on the header, before decoding; Pillow's own default is
-    restored after) and 422 for float images holding NaN or Inf. The result is always finite.
+    truncated or corrupt), 413 for images over ``max_pixels`` (checked on the header, see
+    :func:`open_image`), 422 for a JPEG of more than ``max_scans`` scans and for float images holding
+    NaN or Inf. The result is always finite.
     """
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    image = open_image(data, max_pixels)
+    if image.format in ("JPEG", "MPO") and (scans := jpeg_scans(data)) > max_scans:
+        raise ApiError(422, f"JPEG file has {scans} scans; the limit is {max_scans} (AESERVE_MAX_IMAGE_SCANS)")
+    if image.format == "PNG":
+        check_png_data(data)
+    width, height = image.size
     try:
-        image = Image.open(io.BytesIO(data), formats=FORMATS)
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ApiError(413, f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
         image.seek(0)
         deep = image.mode in DEEP_MODES
         if deep:
@@ -97,12 +185,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ApiError(413, f"image too large to decode; the limit is {max_pixels} pixels ({exc})") from None
-    except UnidentifiedImageError:
-        raise ApiError(400, f"a file part is not an image of the accepted formats: {ACCEPTED}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types (struct.error, IndexError, ...)
         raise ApiError(400, f"image file is truncated or corrupt ({type(exc).__name__})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
 
 
 def _lanczos(x: np.ndarray) -> np.ndarray:

@@ -21,8 +21,9 @@ from urllib.parse import parse_qsl
 import numpy as np
 from starlette.types import Receive, Scope, Send
 
-from app.errors import ApiError, error_body
-from app.inputs import Limits, read_images
+from app.decoding import DecodePool
+from app.errors import ApiError, brief, error_body
+from app.inputs import Limits, read_images_off_loop, whole_number
 from app.registry import Registry, ServedModel
 from app.responses import JSON, NPY, PNG, image_body, json_body, negotiate
 
@@ -74,13 +75,19 @@ def parse_params(query_string: bytes, denoise: bool = False) -> Params:
 
 
 def _number(query: dict[str, str], name: str, kind: type, low: float, high: float):
-    try:
-        value = kind(query[name])
-    except ValueError:
-        what = "an integer" if kind is int else "a number"
-        raise ApiError(422, f"query parameter {name}: {query[name]!r} is not {what}") from None
+    text = query[name]
+    if kind is int:
+        value = whole_number(text, int(high))
+    else:  # ASCII as the integers are: float() would read "1_0" and other scripts' digits too
+        try:
+            value = float(text) if text.isascii() and "_" not in text else None
+        except ValueError:
+            value = None
+    if value is None:
+        what = "a whole number in ASCII digits" if kind is int else "a number"
+        raise ApiError(422, f"query parameter {name}: {brief(text)} is not {what}")
     if not (low <= value <= high) or (isinstance(value, float) and not math.isfinite(value)):
-        raise ApiError(422, f"query parameter {name}: must lie in {low:g}..{high:g}, not {query[name]}")
+        raise ApiError(422, f"query parameter {name}: must lie in {low:g}..{high:g}, not {brief(text)}")
     return value
 
 
@@ -219,9 +226,10 @@ def _unread(received: Received) -> dict[str, str]:
 class InferenceApp:
     """ASGI app that answers HTTP requests to the five inference paths (``POST``; 405 otherwise)."""
 
-    def __init__(self, registry: Registry, limits: Limits):
+    def __init__(self, registry: Registry, limits: Limits, decoders: DecodePool | None = None):
         self.registry = registry
         self.limits = limits
+        self.decoders = decoders or DecodePool()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = ENDPOINTS[scope["path"]]
@@ -266,5 +274,5 @@ class InferenceApp:
         served = self.registry.resolve(endpoint.name, params.dataset, params.model, params.version)
         body = await read_body(receive, length, self.limits.max_body_bytes)
         received.body = True
-        images = read_images(content_type or "", body, self.limits, params.preprocess)
+        images = await read_images_off_loop(content_type or "", body, self.limits, params.preprocess, self.decoders.run)
         return served, await endpoint.answer(served, images, media, params)

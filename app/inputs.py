@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import math
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from itertools import chain
 
@@ -12,7 +14,7 @@ import orjson
 from python_multipart.multipart import parse_options_header
 
 from app.errors import ApiError, brief
-from app.imaging import decode_image, mnist_style, plain_28
+from app.imaging import MAX_SCANS, decode_image, mnist_style, open_image, plain_28
 
 NPY_MAGIC = b"\x93NUMPY"
 MEDIA_TYPES = ("multipart/form-data", "application/json", "application/x-npy")
@@ -29,6 +31,24 @@ class Limits:
     max_body_bytes: int
     max_batch: int
     max_image_pixels: int
+    max_request_pixels: int = 64_000_000
+    max_image_scans: int = MAX_SCANS
+    decode_cpu_ms: int = 2000
+
+
+def whole_number(text: str, high: int) -> int | None:
+    """``text`` as a whole number in ASCII digits (leading zeros allowed), or ``None`` for anything else: a sign,
+    spaces, ``_`` and other scripts' digits (``"١"``, ``"²"``) are no whole number here, in a path or a query.
+
+    A number above ``high`` is returned as ``high + 1``, read from its length first: ``int`` refuses strings of
+    over 4,300 digits, and would spend time on long ones. The one parser of versions and seeds.
+    """
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(high)):
+        return high + 1
+    return min(int(digits), high + 1)
 
 
 def check_batch(batch: np.ndarray, limits: Limits, scale: float = 1.0) -> np.ndarray:
@@ -145,6 +165,8 @@ def parse_npy(body: bytes, limits: Limits) -> np.ndarray:
         raise ApiError(422, ".npy holds Python objects; only uint8 (0..255) or float (0..1) arrays are accepted")
     if not (dtype == np.uint8 or dtype.kind == "f"):
         raise ApiError(422, f".npy dtype {dtype} is not accepted; send uint8 (0..255) or float (0..1)")
+    if not all(type(side) is int for side in shape):  # numpy's own check lets booleans through
+        raise ApiError(400, f".npy header is malformed (its shape holds {brief(shape)}: whole numbers only)")
     if any(side < 0 for side in shape):
         raise ApiError(400, f".npy header is malformed (shape {tuple(shape)} has a negative side)")
     count = image_count(tuple(shape), "the .npy array")
@@ -224,8 +246,8 @@ def split_multipart(body: bytes, boundary: bytes) -> list[Part]:
     return parts
 
 
-def parse_multipart(content_type: str, body: bytes, limits: Limits, preprocess: bool) -> np.ndarray:
-    """Parts named ``file``, each an image → batch (MNIST-style preprocessing unless ``preprocess`` is off)."""
+def multipart_files(content_type: str, body: bytes, limits: Limits) -> list[bytes]:
+    """The image files of a multipart body (parts named ``file``), checked for count, not decoded."""
     boundary = parse_options_header(content_type)[1].get(b"boundary")
     if not boundary:
         raise ApiError(400, "multipart Content-Type has no boundary parameter")
@@ -241,13 +263,56 @@ def parse_multipart(content_type: str, body: bytes, limits: Limits, preprocess: 
         raise ApiError(422, 'multipart body has no image part named "file"')
     if len(files) > limits.max_batch:
         raise ApiError(413, f"more than {limits.max_batch} images in one request; the limit is {limits.max_batch}")
-    # Counted above; image_file's images are float32 in 0..1 by construction.
-    return np.stack([image_file(part.data, limits, preprocess) for part in files])
+    return [part.data for part in files]
+
+
+def _declared_pixels(data: bytes, limits: Limits) -> int:
+    """The pixels an image file's header declares (413 over the per-image limit); 0 for what is no image,
+    which :func:`decode_image` refuses in turn."""
+    try:
+        width, height = open_image(data, limits.max_image_pixels).size
+    except ApiError as exc:
+        if exc.status == 413:
+            raise
+        return 0
+    return width * height
+
+
+def decode_files(files: list[bytes], limits: Limits, preprocess: bool = True) -> np.ndarray:
+    """Image files → ``float32 [N,28,28]``, under the request's budget: the pixels of all its files, read from
+    their headers before any is decoded (413), and the CPU time of their decoding, checked after each (413).
+
+    Blocking and costly: run it off the event loop (:class:`app.decoding.DecodePool`).
+    """
+    pixels = sum(_declared_pixels(data, limits) for data in files)
+    if pixels > limits.max_request_pixels:
+        raise ApiError(
+            413,
+            f"the request's image files declare {pixels} pixels in all; the limit is {limits.max_request_pixels} "
+            "(AESERVE_MAX_REQUEST_PIXELS)",
+        )
+    started, images = time.thread_time(), []
+    for data in files:
+        images.append(image_file(data, limits, preprocess))
+        spent = time.thread_time() - started
+        if spent * 1000 > limits.decode_cpu_ms:
+            raise ApiError(
+                413,
+                f"decoding the request's image files took more than {limits.decode_cpu_ms} ms of CPU time "
+                f"({len(images)} of {len(files)} files decoded); the limit is AESERVE_DECODE_CPU_MS",
+            )
+    # Counted by the caller; image_file's images are float32 in 0..1 by construction.
+    return np.stack(images)
+
+
+def parse_multipart(content_type: str, body: bytes, limits: Limits, preprocess: bool) -> np.ndarray:
+    """Parts named ``file``, each an image → batch (MNIST-style preprocessing unless ``preprocess`` is off)."""
+    return decode_files(multipart_files(content_type, body, limits), limits, preprocess)
 
 
 def image_file(data: bytes, limits: Limits, preprocess: bool = True) -> np.ndarray:
     """One uploaded image file → ``float32 [28,28]`` (MNIST-style preprocessing unless ``preprocess`` is off)."""
-    grey = decode_image(data, limits.max_image_pixels)
+    grey = decode_image(data, limits.max_image_pixels, limits.max_image_scans)
     return mnist_style(grey) if preprocess else plain_28(grey)
 
 
@@ -271,3 +336,17 @@ def read_images(content_type: str, body: bytes, limits: Limits, preprocess: bool
     if media == "application/x-npy":
         return parse_npy(body, limits)
     return parse_multipart(content_type, body, limits, preprocess)
+
+
+# Runs a blocking function off the event loop: :meth:`app.decoding.DecodePool.run`.
+OffLoop = Callable[..., Awaitable[np.ndarray]]
+
+
+async def read_images_off_loop(
+    content_type: str, body: bytes, limits: Limits, preprocess: bool, off_loop: OffLoop
+) -> np.ndarray:
+    """:func:`read_images`, with the image files of a multipart body decoded by ``off_loop``."""
+    media = media_type(content_type)
+    if media == "multipart/form-data" and body:
+        return await off_loop(decode_files, multipart_files(content_type, body, limits), limits, preprocess)
+    return read_images(content_type, body, limits, preprocess)

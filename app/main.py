@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.batching import BatchConfig
+from app.decoding import DecodePool
 from app.errors import install_error_handlers
 from app.inference import ENDPOINTS, InferenceApp
 from app.inputs import Limits
@@ -91,12 +92,23 @@ def create_app(settings: Settings | None = None) -> Service:
         loading = asyncio.get_running_loop().run_in_executor(None, registry.load_all)
         yield
         await loading
+        decoders.close()
 
     app = Service(title="aeserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = metrics
-    app.state.limits = limits = Limits(settings.max_body_bytes, settings.max_batch, settings.max_image_pixels)
+    app.state.limits = limits = Limits(
+        settings.max_body_bytes,
+        settings.max_batch,
+        settings.max_image_pixels,
+        settings.max_request_pixels,
+        settings.max_image_scans,
+        settings.decode_cpu_ms,
+    )
+    app.state.decoders = decoders = DecodePool(
+        settings.decode_pool, settings.decode_workers, settings.queue_deadline_ms / 1000
+    )
     install_error_handlers(app)
     app.include_router(operations.router)
     app.include_router(tfserving.router)
@@ -115,7 +127,7 @@ def create_app(settings: Settings | None = None) -> Service:
         }
         middleware.append((CORSMiddleware, cors))
     middleware.append((Observability, {"metrics": metrics, "access_log": settings.access_log}))
-    inference: ASGIApp = InferenceApp(registry, limits)
+    inference: ASGIApp = InferenceApp(registry, limits, decoders)
     for cls, options in middleware:
         app.add_middleware(cls, **options)
         inference = cls(inference, **options)

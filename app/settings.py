@@ -64,6 +64,32 @@ class Settings(BaseSettings):
         "for 4xx and 5xx answers only (errors: a line costs a fast request much of its time), or none",
     )
 
+    # Work a request may cost the worker: image decoding off the event loop, under a budget, and a
+    # deadline on waiting for the model.
+    decode_pool: Literal["thread", "process"] = Field(
+        "thread",
+        description="where uploaded image files (multipart, TF Serving b64) are decoded, off the event loop: "
+        "thread (Pillow releases the GIL while it decodes) or process (see benchmarks/decode_pool.py)",
+    )
+    decode_workers: int = Field(2, gt=0, description="requests whose image files are decoded at once")
+    max_request_pixels: int = Field(
+        64_000_000, gt=0, description="most pixels of all the image files of one request, from their headers (413)"
+    )
+    max_image_scans: int = Field(
+        64, gt=0, description="most scans of one progressive JPEG, counted before decoding (422 above)"
+    )
+    decode_cpu_ms: int = Field(
+        2000,
+        gt=0,
+        description="CPU time the decoding of one request's image files may take, checked after each file (413)",
+    )
+    queue_deadline_ms: int = Field(
+        2000,
+        gt=0,
+        description="longest wait of a request for its model call, or for an image decoder; 503 with "
+        "Retry-After when it cannot start within it (refused at once when the queue's measured cost says so)",
+    )
+
     @field_validator("access_log", mode="before")
     @classmethod
     def _access_log_switch(cls, value: object) -> object:

@@ -11,9 +11,9 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from app.errors import ApiError
-from app.inference import ClientGoneError, read_body
-from app.inputs import Limits, check_batch, image_count, image_file
+from app.errors import ApiError, brief
+from app.inference import MAX_VERSION, ClientGoneError, read_body
+from app.inputs import Limits, check_batch, image_count, whole_number
 from app.registry import Registry, ServedModel
 from app.responses import JSON, json_body
 
@@ -51,9 +51,12 @@ def find_model(registry: Registry, name: str, version: str | None) -> ServedMode
 
 def version_number(version: str) -> int:
     """A protocol path's version (``3``, ``03``), or 404: versions are whole numbers in ASCII digits."""
-    if not (version.isascii() and version.isdigit()):  # "²".isdigit() holds, int("²") fails
-        raise ApiError(404, f"model versions are whole numbers, not {version!r}")
-    return int(version)
+    number = whole_number(version, MAX_VERSION)
+    if number is None or number > MAX_VERSION:
+        raise ApiError(
+            404, f"model versions are whole numbers in ASCII digits, up to {MAX_VERSION}; not {brief(version)}"
+        )
+    return number
 
 
 def answer(payload: dict, model: ServedModel) -> Response:
@@ -74,8 +77,9 @@ def as_images(values: Any, limits: Limits, what: str, scale: float = 1.0) -> np.
     return check_batch(array.reshape(-1, 28, 28), limits, scale)
 
 
-def b64_image_file(encoded: Any, limits: Limits) -> np.ndarray:
-    """``{"b64": ...}``'s base64 image file (PNG, JPEG, ...) → one 28x28 image, made as an upload is."""
+def b64_file(encoded: Any) -> bytes:
+    """``{"b64": ...}``'s base64 image file (PNG, JPEG, ...) as bytes, to decode as an upload is
+    (:func:`app.inputs.decode_files`)."""
     if not isinstance(encoded, str):
         raise ApiError(400, '"b64" must be a string of base64 image file bytes')
     try:
@@ -84,7 +88,7 @@ def b64_image_file(encoded: Any, limits: Limits) -> np.ndarray:
         raise ApiError(400, '"b64" is not valid base64') from None
     if len(data) == 0:
         raise ApiError(400, '"b64" holds no bytes')
-    return image_file(data, limits)
+    return data
 
 
 def tensor_shape(model: ServedModel, name: str) -> list[int]:

@@ -18,12 +18,12 @@ from fastapi.responses import Response
 
 from app.dependencies import get_registry
 from app.errors import ApiError, brief
-from app.inputs import Limits, check_batch
+from app.inputs import Limits, check_batch, decode_files
 from app.protocols.common import (
     TF_DTYPES,
     answer,
     as_images,
-    b64_image_file,
+    b64_file,
     find_model,
     read_json,
     tensor_shape,
@@ -110,19 +110,19 @@ def _metadata(model: ServedModel) -> dict:
     }
 
 
-def _instance(value: Any, limits: Limits) -> Any:
-    """One row: an image as nested lists, ``{"b64": ...}``, or ``{"images": either}``."""
+def _instance(value: Any) -> Any:
+    """One row: an image as nested lists, ``{"b64": ...}`` (its file's bytes), or ``{"images": either}``."""
     if isinstance(value, dict) and set(value) == {INPUT}:
         value = value[INPUT]  # the input named, once: {"images": {"images": ...}} names nothing more
     if isinstance(value, dict):
         if set(value) == {"b64"}:
-            return b64_image_file(value["b64"], limits)
+            return b64_file(value["b64"])
         raise ApiError(400, f'an instance names inputs {sorted(value)}; the signature\'s one input is "{INPUT}"')
     return value
 
 
-def _images(body: Any, limits: Limits) -> tuple[np.ndarray, bool]:
-    """The request's image batch, and whether it came in row format."""
+def _rows(body: Any, limits: Limits) -> tuple[list, bool]:
+    """The request's rows (nested lists, or the bytes of an image file), and whether it came in row format."""
     if not isinstance(body, dict):
         raise ApiError(400, 'the body must be a JSON object with "instances" or "inputs"')
     signature = body.get("signature_name", SIGNATURE)
@@ -142,16 +142,25 @@ def _images(body: Any, limits: Limits) -> tuple[np.ndarray, bool]:
         raise ApiError(422, f'"{"instances" if row else "inputs"}" must be a non-empty list of images')
     if len(values) > limits.max_batch:
         raise ApiError(413, f"{len(values)} images in one request; the limit is {limits.max_batch}")
-    rows = [_instance(v, limits) if isinstance(v, dict) else v for v in values]
-    if any(isinstance(r, np.ndarray) for r in rows):  # decoded image files among the rows
-        images = [r if isinstance(r, np.ndarray) else as_images([r], limits, "an instance")[0] for r in rows]
-        return check_batch(np.stack(images), limits), row
-    return as_images(rows, limits, '"instances"' if row else '"inputs"'), row
+    return [_instance(v) if isinstance(v, dict) else v for v in values], row
+
+
+def _images(rows: list, decoded: np.ndarray | None, limits: Limits, row: bool) -> np.ndarray:
+    """The image batch of the rows, the image files among them replaced by ``decoded``, in order."""
+    if decoded is not None:  # decoded image files among the rows
+        files = iter(decoded)
+        images = [next(files) if isinstance(r, bytes) else as_images([r], limits, "an instance")[0] for r in rows]
+        return check_batch(np.stack(images), limits)
+    return as_images(rows, limits, '"instances"' if row else '"inputs"')
 
 
 async def _predict(request: Request, registry: Registry, name: str, version: str | None) -> Response:
     model = find_model(registry, name, version)
-    images, row = _images(await read_json(request), request.app.state.limits)
+    limits = request.app.state.limits
+    rows, row = _rows(await read_json(request), limits)
+    files = [r for r in rows if isinstance(r, bytes)]
+    decoded = await request.app.state.decoders.run(decode_files, files, limits, True) if files else None
+    images = _images(rows, decoded, limits, row)
     outputs = await model.run_outputs(images, tuple(sorted(model.output_names)))
     if row:
         if len(outputs) == 1:

@@ -117,6 +117,8 @@ def _input(body: Any, limits: Limits) -> np.ndarray:
     if array.size != count:
         raise ApiError(400, f'"data" holds {array.size} values; shape {shape} needs {count}')
     image_count(tuple(shape), "the images tensor")  # 422 for what is no image batch, before numpy's rank limit
+    if datatype == "UINT8" and (np.isfinite(array) & (array != np.round(array))).any():
+        raise ApiError(422, "UINT8 data must hold whole numbers 0..255; send FP32 for fractions of 0..1")
     return as_images(array.reshape(shape), limits, "the images tensor", SCALES[datatype])
 
 
