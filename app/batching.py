@@ -5,7 +5,10 @@ the first request of a batch waits at most ``max_delay_us`` for others; a batch 
 most ``max_batch`` images (larger requests are split); model calls run on a
 :class:`ModelThread` (one, shared by the batchers the registry makes); the queue is
 bounded, and a request that would overflow it is answered 503 with ``Retry-After`` at once
-instead of waiting without end.
+instead of waiting without end. The queue is bounded in time too: a request whose model call could
+not start within ``deadline_ms`` by the calls' costs measured at load (the model thread's calls
+and this queue's) is refused at once, and one that has waited the deadline without starting gets
+its 503 instead of a call.
 
 The one exception to the model thread: a call whose cost, as measured when the model was
 loaded, is at most ``inline_max_us`` (100 µs by default; 0 turns this off) runs on the
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 from collections import deque
@@ -53,32 +57,41 @@ class ModelThread:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._pending: dict[object, int] = {}  # calls queued or running, by key; read and written on the loop
+        self._backlog = 0.0  # the expected seconds of the calls queued or running; on the loop too
 
     @property
     def ident(self) -> int | None:
         """The thread's id once started."""
         return self._thread.ident if self._thread is not None else None
 
-    async def run(self, function: Callable[..., Any], *args: Any, key: object = None) -> Any:
+    async def run(self, function: Callable[..., Any], *args: Any, key: object = None, cost: float = 0.0) -> Any:
         """``function(*args)`` on the thread, after the calls queued before it; its exception if it raises.
 
         ``key`` names what the call uses (a model): :meth:`busy` tells whether a call with that key
         is queued or running, until the thread has finished it (even when its caller has left).
+        ``cost``: the seconds the call is expected to take, counted in :attr:`backlog` until it ends.
         """
         if self._thread is None:
             self._start()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending[key] = self._pending.get(key, 0) + 1
-        self._queue.put((function, args, loop, future, key))
+        self._backlog += cost
+        self._queue.put((function, args, loop, future, key, cost))
         return await future
+
+    @property
+    def backlog(self) -> float:
+        """The expected seconds of the calls queued on the thread or running there."""
+        return max(self._backlog, 0.0)
 
     def busy(self, key: object) -> bool:
         """Whether a call with ``key`` is queued or running on the thread."""
         return key in self._pending
 
-    def _settle(self, future: asyncio.Future, outcome: Any, failed: bool, key: object) -> None:
+    def _settle(self, future: asyncio.Future, outcome: Any, failed: bool, key: object, cost: float) -> None:
         """On the caller's loop, once the thread has finished the call."""
+        self._backlog -= cost
         left = self._pending[key] - 1
         if left:
             self._pending[key] = left
@@ -98,13 +111,13 @@ class ModelThread:
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
-            function, args, loop, future, key = item
+            function, args, loop, future, key, cost = item
             try:
                 outcome, failed = function(*args), False
             except BaseException as exc:  # noqa: BLE001 - handed to the caller, never raised here
                 outcome, failed = exc, True
             with contextlib.suppress(RuntimeError):  # the caller's loop has closed
-                loop.call_soon_threadsafe(self._settle, future, outcome, failed, key)
+                loop.call_soon_threadsafe(self._settle, future, outcome, failed, key, cost)
 
     def close(self) -> None:
         """Let the thread end once the calls queued before this one have run."""
@@ -119,6 +132,7 @@ class BatchConfig:
     max_delay_us: int = 500
     max_queue_images: int = 16384
     inline_max_us: int = 100
+    deadline_ms: int = 2000
 
 
 @dataclass
@@ -150,6 +164,7 @@ class Batcher:
         self.max_delay = config.max_delay_us / 1e6
         self.max_queue_images = config.max_queue_images
         self.inline_max = config.inline_max_us / 1e6
+        self.deadline = config.deadline_ms / 1e3
         self._cost = cost
         self._key = self if key is None else key
         self._on_batch = on_batch
@@ -171,13 +186,36 @@ class Batcher:
             self._loop, self._wakeup = loop, asyncio.Event()
             self._task = loop.create_task(self._work())
 
+    def _calls_cost(self, images: int) -> float:
+        """The expected seconds of the calls that ``images`` queued images make (0 without a cost model)."""
+        if self._cost is None or images == 0:
+            return 0.0
+        full, rest = divmod(images, self.max_batch)
+        seconds = full * self._cost(self.max_batch) + (self._cost(rest) if rest else 0.0)
+        return seconds if math.isfinite(seconds) else 0.0
+
+    def expected_wait(self) -> float:
+        """The expected seconds before a request queued now starts its model call: the model thread's calls
+        and this queue's, as measured at load."""
+        return self._thread.backlog + self._calls_cost(self._queued_images)
+
+    def _busy(self, message: str, wait: float) -> ApiError:
+        return ApiError(503, f"server busy: {message}; retry shortly", {"Retry-After": str(max(1, math.ceil(wait)))})
+
     async def predict(self, images: np.ndarray) -> Outputs:
-        """The model's outputs for ``images``, computed in a shared batch; 503 when the queue is full."""
+        """The model's outputs for ``images``, computed in a shared batch.
+
+        503 with ``Retry-After`` when the queue is full, when its measured cost says the request could not
+        start its model call within the deadline, and when it has waited the deadline without starting.
+        """
         if self._queued_images + len(images) > self.max_queue_images:
-            raise ApiError(
-                503,
-                f"server busy: {self._queued_images} images already queued for this model; retry shortly",
-                {"Retry-After": "1"},
+            raise self._busy(f"{self._queued_images} images already queued for this model", 1)
+        wait = self.expected_wait()
+        if wait > self.deadline:
+            raise self._busy(
+                f"the model's queue holds about {wait * 1000:.0f} ms of work, more than the "
+                f"{self.deadline * 1000:.0f} ms a request may wait (AESERVE_QUEUE_DEADLINE_MS)",
+                wait,
             )
         self._ensure_worker()
         loop = asyncio.get_running_loop()
@@ -192,16 +230,34 @@ class Batcher:
         self._wakeup.set()
         if len(futures) == 1:
             return await futures[0]
-        results = await asyncio.gather(*futures)
+        try:
+            results = await asyncio.gather(*futures)
+        except BaseException:
+            for future in futures:  # one part failed or the caller left: the rest is not computed
+                future.cancel()
+            raise
         return {key: np.concatenate([r[key] for r in results]) for key in results[0]}
 
     def _take(self) -> list[_Pending]:
-        batch, size = [], 0
+        """The next batch; requests whose caller has left are dropped, and those that waited past the deadline
+        get their 503 instead of a call."""
+        batch, size, now = [], 0, time.perf_counter()
         while self._queue and size + len(self._queue[0].images) <= self.max_batch:
             item = self._queue.popleft()
+            self._queued_images -= len(item.images)
+            if item.future.done():
+                continue
+            if now - item.queued_at > self.deadline:
+                item.future.set_exception(
+                    self._busy(
+                        f"the request waited {(now - item.queued_at) * 1000:.0f} ms without starting its model "
+                        f"call; the deadline is {self.deadline * 1000:.0f} ms (AESERVE_QUEUE_DEADLINE_MS)",
+                        self.expected_wait(),
+                    )
+                )
+                continue
             batch.append(item)
             size += len(item.images)
-        self._queued_images -= size
         return batch
 
     def runs_inline(self, images: int) -> bool:
@@ -256,7 +312,7 @@ class Batcher:
             if inline:
                 results = self._run(batch)
             else:
-                results = await self._thread.run(self._run, batch, key=self._key)
+                results = await self._thread.run(self._run, batch, key=self._key, cost=self._calls_cost(size))
             if self._on_batch is not None:
                 self._on_batch(size, started - min(i.queued_at for i in batch))
             for item, result in zip(batch, results, strict=True):

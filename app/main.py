@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None) -> Service:
             settings.batch_max_delay_us,
             settings.batch_max_queue_images,
             settings.batch_inline_max_us,
+            settings.queue_deadline_ms,
         )
         if settings.batching
         else None

@@ -66,7 +66,7 @@ class ServedModel:
     on_batch: Callable[[str, int, float], None] | None = field(default=None, repr=False)
     functions: dict[tuple[str, ...], Callable[[np.ndarray], Outputs]] = field(default_factory=dict, repr=False)
     batchers: dict[tuple[str, ...], Batcher] = field(default_factory=dict, repr=False)
-    # Per output set, the seconds of a call: (fixed part, per image), measured at load.
+    # Per output set, the seconds of a call: (fixed part, per image), measured at load (with batching).
     costs: dict[tuple[str, ...], tuple[float, float]] = field(default_factory=dict, repr=False)
 
     @property
@@ -110,9 +110,9 @@ class ServedModel:
             function = self.functions[outputs] = self.runtime.function(outputs)
         return function(images)
 
-    def measure_cost(self, outputs: tuple[str, ...], bound: float) -> None:
-        """Time warm calls computing ``outputs``: the best of three of 1 image and, when that costs at
-        most ``bound`` seconds, of 8 images, for :meth:`call_cost` (wall time: how long a caller waits)."""
+    def measure_cost(self, outputs: tuple[str, ...]) -> None:
+        """Time warm calls computing ``outputs``: the best of three of 1 image and of 8 images, for
+        :meth:`call_cost` (wall time: how long a caller waits)."""
 
         def best(count: int) -> float:
             images = np.zeros((count, 28, 28), np.float32)
@@ -124,11 +124,8 @@ class ServedModel:
             return min(times)
 
         one = best(1)
-        if one > bound:  # no batch of it fits the bound: the per-image cost does not matter
-            self.costs[outputs] = (one, math.inf)
-            return
         per_image = max(best(8) - one, 0.0) / 7
-        self.costs[outputs] = (one - per_image, per_image)
+        self.costs[outputs] = (max(one - per_image, 0.0), per_image)  # noise may make the 8 dearer than 8 ones
 
     def call_cost(self, outputs: tuple[str, ...], images: int) -> float:
         """The expected seconds of a call of ``images`` computing ``outputs`` (infinite when not measured)."""
@@ -295,9 +292,9 @@ class Registry:
             for endpoint in model.endpoints:
                 for size in sizes:
                     model.predict(np.zeros((size, 28, 28), np.float32), endpoint)
-            if self.batching is not None and self.batching.inline_max_us > 0:
+            if self.batching is not None:  # what calls the loop may run, and the time a queue stands for
                 for outputs in {model.outputs_of(endpoint) for endpoint in model.endpoints}:
-                    model.measure_cost(outputs, self.batching.inline_max_us / 1e6)
+                    model.measure_cost(outputs)
             self.models.setdefault(state.name, {})[state.version] = model
             state.status = "ready"
         except ModelLoadError as exc:

@@ -182,6 +182,7 @@ async def test_model_thread_survives_a_caller_that_left():
     assert await thread.run(lambda: "next") == "next"
     thread.close()
 
+
 def cheap(images: int) -> float:
     """A cost model: 20 µs per image."""
     return 20e-6 * images
@@ -216,9 +217,7 @@ async def test_other_calls_run_on_the_model_thread(config, cost):
 async def test_a_failing_call_on_the_loop_fails_only_its_own_request():
     model = Model()
     batcher = Batcher(model, BatchConfig(max_batch=64, max_delay_us=30_000_000), cost=cheap)
-    good, bad = await asyncio.gather(
-        batcher.predict(images(0)), batcher.predict(images(5, -1)), return_exceptions=True
-    )
+    good, bad = await asyncio.gather(batcher.predict(images(0)), batcher.predict(images(5, -1)), return_exceptions=True)
     assert list(good["first"]) == [0] and isinstance(bad, ValueError)
     assert model.threads == {threading.get_ident()} and model.calls == [3, 1, 2]
     batcher.close()
@@ -243,3 +242,58 @@ async def test_a_model_busy_on_the_thread_is_not_also_called_on_the_loop():
     await cheap_one.predict(images(3))  # the model is free again: on the loop
     assert threading.get_ident() in quick.threads
     thread.close()
+
+
+async def test_a_request_that_cannot_start_within_the_deadline_gets_503():
+    gate = threading.Event()
+    model = Model(gate)
+    batcher = Batcher(model, BatchConfig(max_batch=2, max_delay_us=0, deadline_ms=50))
+    running = asyncio.ensure_future(batcher.predict(images(1, 2)))  # blocks the model thread on the gate
+    await until(model.entered.is_set)
+    late = asyncio.ensure_future(batcher.predict(images(3)))
+    await asyncio.sleep(0.2)  # past the deadline, still queued behind the call on the gate
+    gate.set()
+    assert list((await running)["first"]) == [1, 2]
+    with pytest.raises(ApiError) as info:
+        await late
+    assert info.value.status == 503 and "deadline" in info.value.message and "Retry-After" in info.value.headers
+    assert model.calls == [2]  # its call was never made
+    assert list((await batcher.predict(images(4)))["first"]) == [4]  # a fresh request is served
+    batcher.close()
+
+
+async def test_the_measured_cost_of_the_queue_refuses_at_once():
+    """A queue whose calls would take longer than the deadline refuses a newcomer before it waits."""
+    gate = threading.Event()
+    model = Model(gate)
+    config = BatchConfig(max_batch=2, max_delay_us=0, deadline_ms=500, inline_max_us=0)
+    batcher = Batcher(model, config, cost=lambda count: 0.1 * count)  # 0.2 s per call of 2
+    running = asyncio.ensure_future(batcher.predict(images(1, 2)))
+    await until(model.entered.is_set)
+    queued = [asyncio.ensure_future(batcher.predict(images(i, i))) for i in (3, 4)]
+    await until(lambda: batcher.queued_images == 4)
+    assert batcher.expected_wait() == pytest.approx(0.6)  # the running call and two queued
+    with pytest.raises(ApiError) as info:
+        await batcher.predict(images(5))
+    assert info.value.status == 503 and info.value.headers == {"Retry-After": "1"}
+    assert "AESERVE_QUEUE_DEADLINE_MS" in info.value.message and batcher.queued_images == 4
+    gate.set()
+    assert [list(d["first"]) for d in await asyncio.gather(running, *queued)] == [[1, 2], [3, 3], [4, 4]]
+    assert batcher.expected_wait() == 0
+    batcher.close()
+
+
+async def test_requests_whose_caller_left_are_not_computed():
+    gate = threading.Event()
+    model = Model(gate)
+    batcher = Batcher(model, BatchConfig(max_batch=2, max_delay_us=0))
+    running = asyncio.ensure_future(batcher.predict(images(1, 2)))
+    await until(model.entered.is_set)
+    gone = asyncio.ensure_future(batcher.predict(images(3, 3, 3, 3)))  # two calls' worth
+    await until(lambda: batcher.queued_images == 4)
+    gone.cancel()
+    gate.set()
+    await running
+    assert list((await batcher.predict(images(5)))["first"]) == [5]
+    assert model.calls == [2, 1]
+    batcher.close()
