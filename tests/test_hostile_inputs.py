@@ -9,6 +9,7 @@ are other kinds, other forms of the same kind, other endpoints, and the default 
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 import tempfile
@@ -23,7 +24,7 @@ import numpy as np
 import orjson
 import pytest
 from conftest import ROOT
-from helpers import multipart, npy_bytes, png_bytes
+from helpers import blank_png16, many_scans_jpeg, multipart, npy_bytes, png_bytes
 from PIL import Image
 
 from scripts import local_server
@@ -201,6 +202,21 @@ EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\nnewpath 0 0 moveto 28
 ZEROS = np.zeros((1, 28, 28), np.uint8)
 
 
+@cache
+def sixty_png16() -> list[bytes]:
+    """Sixty blank 4000x4000 16-bit PNGs (one file sixty times): 16 million pixels each, the per-image limit."""
+    return [blank_png16()] * 60
+
+
+def b64_instances(blobs: list[bytes]) -> Request:
+    return as_json({"instances": [{"b64": base64.b64encode(blob).decode()} for blob in blobs]})
+
+
+def npy_shape(shape: str) -> Request:
+    """An .npy body of 784 bytes whose header's shape is ``shape``, as written."""
+    return raw(npy_header(f"{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}", bytes(784)))
+
+
 def too_many_fields() -> Request:
     return files(png_bytes(seven())) | {"data": {f"field{i}": "x" for i in range(20)}}
 
@@ -297,6 +313,11 @@ CASES = [
     Case("mp-apng-first-frame", C, lambda: files(saved([seven(), one(), one()], "PNG")), 200, label(7)),
     Case("mp-multipage-tiff-first-page", C, lambda: files(saved([seven(), one()], "TIFF")), 200, label(7)),
     Case("mp-16-bit-png", C, lambda: files(png16()), 200, label(7)),
+    Case("mp-jpeg-of-3000-scans", E, lambda: files(many_scans_jpeg(), kind="image/jpeg"), 422, says("scans")),
+    Case("mp-png-1x16000000-with-no-data", C, lambda: files(png_declaring(1, 16_000_000)), 400, says("truncated")),
+    Case("mp-sixty-16-bit-4000x4000-pngs", C, lambda: files(*sixty_png16()), 413, says("MAX_REQUEST_PIXELS")),
+    Case("b64-sixty-16-bit-4000x4000-pngs", V1 + ":predict", lambda: b64_instances(sixty_png16()), 413),
+    Case("b64-jpeg-of-3000-scans", V1 + ":predict", lambda: b64_instances([many_scans_jpeg()]), 422, says("scans")),
     Case("mp-cmyk-jpeg", C, lambda: files(saved(seven().convert("CMYK"), "JPEG", quality=95)), 200, label(7)),
     Case("mp-palette-png-transparent", C, lambda: files(palette_png_with_transparency()), 200, label(7)),
     Case("mp-lab-tiff", C, lambda: files(lab_tiff(), kind="image/tiff"), 200, label(7)),
@@ -410,6 +431,22 @@ CASES = [
     Case("seed-fraction", D, lambda: with_query(npy(ZEROS), noise_std="0.5", seed="1.5"), 422, says("seed")),
     Case("seed-2-to-the-32", D, lambda: with_query(npy(ZEROS), noise_std="0.5", seed=str(2**32)), 422, says("seed")),
     Case("seed-5000-digits", D, lambda: with_query(npy(ZEROS), noise_std="0.5", seed="9" * 5000), 422, says("seed")),
+    Case("seed-with-underscore", D, lambda: with_query(npy(ZEROS), noise_std="0.5", seed="1_000"), 422, says("seed")),
+    Case("noise-std-with-underscore", D, lambda: with_query(npy(ZEROS), noise_std="0.2_5"), 422, says("noise_std")),
+    Case("version-arabic-indic-one", E, lambda: with_query(npy(ZEROS), model="mnist-conv", version="\u0661"), 422),
+    Case("version-4301-digits-query", E, lambda: with_query(npy(ZEROS), model="mnist-conv", version="9" * 4301), 422),
+    Case("version-4301-digits-v1", V1 + "/versions/" + "9" * 4301 + ":predict", lambda: as_json({}), 404),
+    Case("version-4301-digits-v2", V2 + "/versions/" + "9" * 4301 + "/infer", lambda: as_json({}), 404),
+    Case("npy-shape-holds-a-boolean", E, lambda: npy_shape("(True, 784)"), 400, says("shape")),
+    Case("npy-shape-holds-booleans-28", E, lambda: npy_shape("(1, True, 28)"), 400, says("shape")),
+    Case("npy-shape-holds-a-float", E, lambda: npy_shape("(1.0, 784)"), 400),
+    Case(
+        "v2-uint8-half",
+        V2 + "/infer",
+        lambda: as_json({"inputs": [{"name": "images", "shape": [1, 784], "datatype": "UINT8", "data": [0.5] * 784}]}),
+        422,
+        says("UINT8"),
+    ),
     Case("preprocess-empty", C, lambda: with_query(files(png_bytes(seven())), preprocess=""), 422, says("preprocess")),
     Case("preprocess-upper-case", K, lambda: with_query(npy(ZEROS), preprocess="NONE"), 422, says("preprocess")),
     # "²".isdigit() is true, but int("²") fails
