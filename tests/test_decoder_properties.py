@@ -366,3 +366,80 @@ def test_split_multipart_reads_what_a_streaming_parser_reads(parts):
     # and every part's bytes as the encoder wrote them (text fields as UTF-8)
     sent = [data if filename is not None else data.decode("latin-1").encode() for _, filename, data in parts]
     assert [d for _, _, d in ours] == sent
+
+
+# ---------------------------------------------------------------- .npy headers and whole numbers
+
+SHAPE_SIDES = st.one_of(
+    st.integers(-3, 2000),
+    st.sampled_from([28, 784, 0, 1]),
+    st.integers(2**31, 2**80),
+    st.booleans(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.none(),
+    st.text(max_size=3),
+    st.tuples(st.integers(0, 3)),
+)
+
+
+@st.composite
+def npy_headers(draw: st.DrawFn) -> bytes:
+    """An ``.npy`` file whose header dict is written by hand: shapes of any Python literals (booleans, floats,
+    huge integers, tuples), dtypes and orders of any kind, then some data."""
+    shape = draw(st.lists(SHAPE_SIDES, max_size=5))
+    if draw(st.booleans()):
+        shape = [draw(st.sampled_from([True, 1, 2])), *draw(st.sampled_from([[28, 28], [784], [28, True]]))]
+    text = repr(tuple(shape))
+    descr = draw(st.sampled_from(["'|u1'", "'<f4'", "'|b1'", "'O'", "1", "None", "'<f8'"]))
+    order = draw(st.sampled_from(["False", "True", "0", "'no'"]))
+    header = f"{{'descr': {descr}, 'fortran_order': {order}, 'shape': {text}, }}".encode("latin-1", "replace")
+    header += b" " * ((64 - (10 + len(header) + 1) % 64) % 64) + b"\n"
+    data = bytes(draw(st.sampled_from([0, 784, 784 * 4, 784 * 8, 2 * 784])))
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + data
+
+
+@PROPERTY
+@given(npy_headers())
+def test_parse_npy_of_any_shape_in_its_header(blob):
+    batch_or_client_error(lambda: parse_npy(blob, LIMITS))
+
+
+VERSION_TEXTS = st.one_of(
+    st.text(max_size=12),
+    st.text(alphabet=st.characters(categories=["Nd", "No"]), max_size=6),  # every script's digits, ²
+    st.from_regex(r"\A[0-9_+\- ]{1,12}\Z"),
+    st.integers(0, 2**40).map(str),
+    st.integers(1, 6000).map(lambda n: "9" * n),
+    st.integers(0, 20).map(lambda n: "0" * n + "1"),
+)
+
+
+@PROPERTY
+@given(VERSION_TEXTS)
+def test_versions_and_seeds_are_read_alike_in_paths_and_queries(text):
+    """One parser: ASCII digits only, at any length a 404 (path) or 422 (query), never a 500; what a path
+    accepts as a version, a query accepts too, as the same number."""
+    from urllib.parse import urlencode
+
+    from app.inference import MAX_SEED, MAX_VERSION, parse_params
+    from app.protocols.common import version_number
+
+    try:
+        in_path = version_number(text)
+    except ApiError as error:
+        assert error.status == 404 and len(error.message) < 200, error.message
+        in_path = None
+    query = urlencode({"model": "m", "version": text, "noise_std": "0.5", "seed": text}).encode()
+    try:
+        params = parse_params(query, denoise=True)
+    except ApiError as error:
+        assert error.status == 422 and len(error.message) < 200, error.message
+        params = None
+    digits = text.lstrip("0") or "0"
+    plain = text.isascii() and text.isdigit() and len(digits) <= 10  # else above every bound: refused
+    if in_path is not None:
+        assert plain and in_path == int(digits) <= MAX_VERSION
+    if params is not None:
+        assert plain and params.version == params.seed == int(digits) and params.seed <= MAX_SEED
+    if plain and 1 <= int(digits) <= MAX_VERSION:
+        assert in_path == params.version == int(digits)
