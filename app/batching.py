@@ -5,10 +5,10 @@ the first request of a batch waits at most ``max_delay_us`` for others; a batch 
 most ``max_batch`` images (larger requests are split); model calls run on a
 :class:`ModelThread` (one, shared by the batchers the registry makes); the queue is
 bounded, and a request that would overflow it is answered 503 with ``Retry-After`` at once
-instead of waiting without end. The queue is bounded in time too: a request whose model call could
-not start within ``deadline_ms`` by the calls' costs measured at load (the model thread's calls
-and this queue's) is refused at once, and one that has waited the deadline without starting gets
-its 503 instead of a call.
+instead of waiting without end. The queue is bounded in time too: a request whose model call
+could not start within ``deadline_ms`` by the calls' costs measured at load (the model thread's
+calls and this queue's, scaled by how much longer than measured the recent calls took) is refused
+at once, and one that has waited the deadline without starting gets its 503 instead of a call.
 
 The one exception to the model thread: a call whose cost, as measured when the model was
 loaded, is at most ``inline_max_us`` (100 µs by default; 0 turns this off) runs on the
@@ -58,6 +58,7 @@ class ModelThread:
         self._lock = threading.Lock()
         self._pending: dict[object, int] = {}  # calls queued or running, by key; read and written on the loop
         self._backlog = 0.0  # the expected seconds of the calls queued or running; on the loop too
+        self._slowdown = 1.0  # how long calls take against their expected cost, lately; on the loop too
 
     @property
     def ident(self) -> int | None:
@@ -85,13 +86,23 @@ class ModelThread:
         """The expected seconds of the calls queued on the thread or running there."""
         return max(self._backlog, 0.0)
 
+    @property
+    def slowdown(self) -> float:
+        """How many times their expected cost the recent calls took (a moving average; 1 until calls with a
+        cost have run): a busy machine's calls take longer than the costs measured at load."""
+        return self._slowdown
+
     def busy(self, key: object) -> bool:
         """Whether a call with ``key`` is queued or running on the thread."""
         return key in self._pending
 
-    def _settle(self, future: asyncio.Future, outcome: Any, failed: bool, key: object, cost: float) -> None:
+    def _settle(
+        self, future: asyncio.Future, outcome: Any, failed: bool, key: object, cost: float, seconds: float
+    ) -> None:
         """On the caller's loop, once the thread has finished the call."""
         self._backlog -= cost
+        if cost > 0:
+            self._slowdown += 0.2 * (min(max(seconds / cost, 0.5), 20.0) - self._slowdown)
         left = self._pending[key] - 1
         if left:
             self._pending[key] = left
@@ -112,12 +123,14 @@ class ModelThread:
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
             function, args, loop, future, key, cost = item
+            started = time.perf_counter()
             try:
                 outcome, failed = function(*args), False
             except BaseException as exc:  # noqa: BLE001 - handed to the caller, never raised here
                 outcome, failed = exc, True
+            seconds = time.perf_counter() - started
             with contextlib.suppress(RuntimeError):  # the caller's loop has closed
-                loop.call_soon_threadsafe(self._settle, future, outcome, failed, key, cost)
+                loop.call_soon_threadsafe(self._settle, future, outcome, failed, key, cost, seconds)
 
     def close(self) -> None:
         """Let the thread end once the calls queued before this one have run."""
@@ -170,6 +183,7 @@ class Batcher:
         self._on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._queued_images = 0
+        self._next_shed = 0.0
         self._own_thread = thread is None
         self._thread = thread or ModelThread(f"batcher-{name}")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -196,11 +210,14 @@ class Batcher:
 
     def expected_wait(self) -> float:
         """The expected seconds before a request queued now starts its model call: the model thread's calls
-        and this queue's, as measured at load."""
-        return self._thread.backlog + self._calls_cost(self._queued_images)
+        and this queue's, as measured at load, times the thread's recent slowdown."""
+        return (self._thread.backlog + self._calls_cost(self._queued_images)) * self._thread.slowdown
 
-    def _busy(self, message: str, wait: float) -> ApiError:
-        return ApiError(503, f"server busy: {message}; retry shortly", {"Retry-After": str(max(1, math.ceil(wait)))})
+    @staticmethod
+    def _busy(message: str) -> ApiError:
+        # Retry-After stays 1: a queue the deadline bounds drains within it, and a longer pause would outlast
+        # the keep-alive of the client's connection
+        return ApiError(503, f"server busy: {message}; retry shortly", {"Retry-After": "1"})
 
     async def predict(self, images: np.ndarray) -> Outputs:
         """The model's outputs for ``images``, computed in a shared batch.
@@ -209,13 +226,12 @@ class Batcher:
         start its model call within the deadline, and when it has waited the deadline without starting.
         """
         if self._queued_images + len(images) > self.max_queue_images:
-            raise self._busy(f"{self._queued_images} images already queued for this model", 1)
+            raise self._busy(f"{self._queued_images} images already queued for this model")
         wait = self.expected_wait()
         if wait > self.deadline:
             raise self._busy(
                 f"the model's queue holds about {wait * 1000:.0f} ms of work, more than the "
-                f"{self.deadline * 1000:.0f} ms a request may wait (AESERVE_QUEUE_DEADLINE_MS)",
-                wait,
+                f"{self.deadline * 1000:.0f} ms a request may wait (AESERVE_QUEUE_DEADLINE_MS)"
             )
         self._ensure_worker()
         loop = asyncio.get_running_loop()
@@ -238,9 +254,41 @@ class Batcher:
             raise
         return {key: np.concatenate([r[key] for r in results]) for key in results[0]}
 
+    def _late(self, waited: float) -> ApiError:
+        return self._busy(
+            f"the request would wait {waited * 1000:.0f} ms or more for its model call; the deadline is "
+            f"{self.deadline * 1000:.0f} ms (AESERVE_QUEUE_DEADLINE_MS)"
+        )
+
+    def _shed(self) -> None:
+        """Answer 503 now to the queued requests that, by the cost of the calls ahead of them, cannot start
+        within the deadline: calls slower than measured (a busy machine) show it before the deadline passes.
+
+        At most every 50 ms, and only when the whole queue would not have started by its oldest request's
+        deadline (no request is late otherwise).
+        """
+        now = time.perf_counter()
+        if not self._queue or now < self._next_shed:
+            return
+        if now + self.expected_wait() <= self._queue[0].queued_at + self.deadline:
+            return
+        self._next_shed = now + 0.05
+        backlog, slowdown, ahead, kept = self._thread.backlog, self._thread.slowdown, 0, deque()
+        for item in self._queue:
+            start = now + (backlog + self._calls_cost(ahead)) * slowdown
+            if item.future.done() or start > item.queued_at + self.deadline:
+                self._queued_images -= len(item.images)
+                if not item.future.done():
+                    item.future.set_exception(self._late(start - item.queued_at))
+            else:
+                kept.append(item)
+                ahead += len(item.images)
+        self._queue = kept
+
     def _take(self) -> list[_Pending]:
         """The next batch; requests whose caller has left are dropped, and those that waited past the deadline
         get their 503 instead of a call."""
+        self._shed()
         batch, size, now = [], 0, time.perf_counter()
         while self._queue and size + len(self._queue[0].images) <= self.max_batch:
             item = self._queue.popleft()
@@ -248,13 +296,7 @@ class Batcher:
             if item.future.done():
                 continue
             if now - item.queued_at > self.deadline:
-                item.future.set_exception(
-                    self._busy(
-                        f"the request waited {(now - item.queued_at) * 1000:.0f} ms without starting its model "
-                        f"call; the deadline is {self.deadline * 1000:.0f} ms (AESERVE_QUEUE_DEADLINE_MS)",
-                        self.expected_wait(),
-                    )
-                )
+                item.future.set_exception(self._late(now - item.queued_at))
                 continue
             batch.append(item)
             size += len(item.images)
