@@ -154,6 +154,8 @@ def serving(models: list[str], tmp_path: Path, grace_seconds: int) -> Iterator[t
         "AESERVE_MODELS_DIR": str(models_dir),
         "AESERVE_LOG_FORMAT": "text",
         "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN": str(grace_seconds),
+        # what is held here is the draining of queued requests, however slow the machine: not the deadline
+        "AESERVE_QUEUE_DEADLINE_MS": "600000",
     }
     with log_path.open("w") as log:
         process, base, _ = local_server.start("app.main:app", env=env, log=log)
