@@ -143,9 +143,12 @@ def check_png_data(data: bytes) -> None:
                 need = _png_data_size(width, height, depth, colour, interlace == 1)
             elif kind == b"IDAT" and need is not None:
                 pending = bytes(chunk)
-                while pending and inflated < need and not inflater.eof:
-                    inflated += len(inflater.decompress(pending, 2**20))
+                while inflated < need and not inflater.eof:
+                    out = inflater.decompress(pending, 2**20)
+                    inflated += len(out)
                     pending = inflater.unconsumed_tail
+                    if not out and not pending:  # this chunk's data is spent (output held back is drained first)
+                        break
             elif kind == b"IEND" or (kind != b"IDAT" and inflated):
                 break  # the first frame's data ends where other chunks begin (APNG's frames follow)
     except zlib.error:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from helpers import photo_of_digit, png_bytes
 from PIL import Image
 
 from app.errors import ApiError
-from app.imaging import decode_image, mnist_style, plain_28, to_png
+from app.imaging import ADAM7, decode_image, mnist_style, plain_28, to_png
 
 
 def test_light_background_is_inverted_cropped_fitted_and_centred():
@@ -129,3 +131,28 @@ def test_resize_is_pillows_lanczos():
         got = _resize(grey, width, height)
         assert got.shape == (height, width) and got.dtype == np.float32
         np.testing.assert_allclose(got, expected, rtol=0, atol=2.5e-7)
+
+
+def grey_png(pixels: np.ndarray, rows_sent: int | None = None, interlaced: bool = False) -> bytes:
+    """A grey PNG written by hand: its rows (Adam7's passes when ``interlaced``) with filter 0, in one complete
+    zlib stream that holds only the first ``rows_sent`` rows when given."""
+    passes = ADAM7 if interlaced else ((0, 0, 1, 1),)
+    rows = [b"\x00" + row.tobytes() for x0, y0, dx, dy in passes for row in pixels[y0::dy, x0::dx] if row.size]
+    height, width = pixels.shape
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, int(interlaced))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    data = zlib.compress(b"".join(rows[:rows_sent]))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("interlaced", [False, True])
+def test_a_png_whose_data_ends_early_is_refused_not_read_blank(interlaced):
+    pixels = np.random.default_rng(3).integers(0, 256, (37, 29)).astype(np.uint8)
+    whole = decode_image(grey_png(pixels, interlaced=interlaced), 10**6)
+    np.testing.assert_allclose(whole, pixels / 255.0, atol=1e-6)  # the hand-written file is read whole
+    with pytest.raises(ApiError) as info:  # Pillow alone would read the missing rows as black
+        decode_image(grey_png(pixels, rows_sent=20, interlaced=interlaced), 10**6)
+    assert info.value.status == 400 and "truncated" in info.value.message
