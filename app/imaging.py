@@ -230,10 +230,12 @@ def _resize(grey: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _check_grey(grey: np.ndarray) -> None:
-    """A grey image to preprocess: 2-D with at least one pixel; else 422. (Its pixels are finite:
-    :func:`decode_image` makes them so.)"""
+    """A grey image to preprocess: 2-D with at least one pixel, all finite; else 422. (:func:`decode_image`
+    makes them so; an array from elsewhere is checked.)"""
     if grey.ndim != 2 or grey.size == 0:
         raise ApiError(422, f"image has shape {grey.shape}; expected at least one row and column of pixels")
+    if not np.isfinite(grey).all():
+        raise ApiError(422, "image holds NaN or infinite pixel values")
 
 
 def plain_28(grey: np.ndarray) -> np.ndarray:
