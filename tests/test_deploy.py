@@ -1,8 +1,9 @@
 """The container and Kubernetes deployment, checked without a Docker daemon or a cluster.
 
 - Dockerfile: hadolint (every rule, down to style) and what the image promises: one install path
-  (`make install`, the target `make serve` depends on), non-root, EXPOSE 8000, a HEALTHCHECK on /readyz, the runtime fixed, a stop grace inside `docker stop`'s
-  default, no `# syntax` line (an offline build cannot fetch a frontend image).
+  (`make install`, the target `make serve` depends on), non-root, EXPOSE 8000, a HEALTHCHECK on /readyz,
+  the runtime fixed, a stop grace inside `docker stop`'s default, no `# syntax` line (an offline build
+  cannot fetch a frontend image).
 - .dockerignore: what the Dockerfile copies stays in the build context; environments, VCS data, caches out.
 - compose.yaml and every manifest: each AESERVE_* variable is a real setting with a valid value.
 - deploy/k8s/*.yaml: kubernetes-validate, strict (unknown fields rejected), plus what a schema cannot see:
