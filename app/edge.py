@@ -143,6 +143,13 @@ class EdgeProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._start_head()
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.in_head and not self.transport.is_closing():
+            # the next head's time runs from this answer's end, not from the request's
+            self._cancel_head()
+            self.head_timer = self.loop.call_later(self.limits.head_timeout_s, self._head_timeout)
+
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if app is service_unavailable:
             app = self.app if cycle.scope["path"] in PROBE_PATHS else too_many_connections
