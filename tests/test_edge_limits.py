@@ -6,6 +6,7 @@ health checks, and uvicorn's own lines as JSON from every process. The timeouts 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -121,11 +122,9 @@ def test_a_head_over_the_limit_gets_431_and_one_under_it_is_served(server):
     # 4 MiB of one header: refused once the limit is passed, not after the parser has copied it all
     with connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Pad: ")
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             for _ in range(64):
                 sock.sendall(b"b" * 65536)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
         assert status_of(read_all(sock)) in (431, 0)
     assert time.perf_counter() - started < 5
     # the URL counts too
@@ -235,6 +234,28 @@ def test_request_bodies_held_beyond_the_budget_get_503_with_retry_after(server):
         holder.sendall(big[-10:])
         assert status_of(read_all(holder)) == 413  # 1100 images: over the batch limit, once read
     assert status_of(exchange(server, encode_request(400))) == 200  # the budget is free again
+
+
+def test_a_streamed_body_that_passes_the_budget_gets_503_as_it_arrives(server):
+    body = npy_bytes(np.zeros((1400, 28, 28), np.uint8))  # ~1.1 MB, chunked: no Content-Length to judge it by
+    start = head(
+        "POST",
+        "/encode?dataset=fashion-mnist",
+        "Content-Type: application/x-npy",
+        "Transfer-Encoding: chunked",
+        "Connection: close",
+    )
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(piece), piece) for piece in np.array_split(np.frombuffer(body, np.uint8), 64)
+    )
+    with connect(server) as sock:
+        sock.sendall(start)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(chunks + b"0\r\n\r\n")
+        answer = read_all(sock)
+    assert status_of(answer) == 503, answer[:200]
+    assert b"\r\nretry-after: 1\r\n" in answer.lower()
+    assert status_of(exchange(server, encode_request(400))) == 200  # what it held is free again
 
 
 def test_a_content_coding_other_than_identity_gets_415(server):
