@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # aeserve: the committed autoencoders behind the REST API, on CPU (LiteRT; no TensorFlow in the image).
 #
 #   docker build -t aeserve:0.1.0 .
@@ -45,14 +44,18 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     AESERVE_MODELS_DIR=/srv/aeserve/models \
+    AESERVE_RUNTIME=litert \
     WEB_CONCURRENCY=1 \
-    UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=20
+    UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=8
 USER 10001:10001
 EXPOSE 8000
-# Liveness: the process answers. Readiness (models verified, loaded, warmed) is GET /readyz.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+# Healthy means ready (GET /readyz: models verified, loaded and warmed up): an image that can never
+# serve (a model that fails to load, AESERVE_RUNTIME=tensorflow without TensorFlow) turns unhealthy.
+# Liveness alone is GET /healthz (Kubernetes probes both, deploy/k8s/).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
 # uvicorn reads WEB_CONCURRENCY for --workers and UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN for the seconds it lets
-# requests in flight finish after SIGTERM (20: inside Kubernetes' default 30 s grace).
+# requests in flight finish after SIGTERM (8: inside `docker stop`'s default 10 s; Kubernetes gets 20,
+# deploy/k8s/). AESERVE_RUNTIME is fixed: the image has LiteRT and no TensorFlow.
 # app.serve is uvicorn's command line that exits 0 after a graceful stop.
 CMD ["/opt/venv/bin/python", "-m", "app.serve", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]

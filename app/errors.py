@@ -33,8 +33,15 @@ def brief(value: object) -> str:
     return _BRIEF.repr(value)
 
 
+# The longest message an error body carries: whatever of a client's input a message quotes, only a
+# short prefix of it comes back.
+MAX_MESSAGE = 400
+
+
 def error_body(message: str) -> bytes:
-    """The one shape of every error body: ``{"error": message}``."""
+    """The one shape of every error body: ``{"error": message}``, the message cut to ``MAX_MESSAGE`` characters."""
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 3] + "..."
     return orjson.dumps({"error": message})
 
 

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app import __version__
 from app.batching import BatchConfig
 from app.decoding import DecodePool
+from app.edge import BodyLimits
 from app.errors import install_error_handlers
 from app.inference import ENDPOINTS, InferenceApp
 from app.inputs import Limits
@@ -115,7 +116,7 @@ def create_app(settings: Settings | None = None) -> Service:
     app.include_router(tfserving.router)
     app.include_router(v2.router)
     # Innermost first; the last, outermost, sees every answer: request ids and metrics. CORS answers
-    # preflights before the key is asked.
+    # preflights before the key is asked; BodyLimits refuses what no route should read.
     middleware: list[tuple[type, dict]] = []
     if settings.api_key is not None and settings.api_key.get_secret_value():
         middleware.append((ApiKey, {"key": settings.api_key.get_secret_value()}))
@@ -127,6 +128,9 @@ def create_app(settings: Settings | None = None) -> Service:
             "expose_headers": ["X-Model", "X-Model-Version", "X-Request-ID", "Retry-After"],
         }
         middleware.append((CORSMiddleware, cors))
+    middleware.append(
+        (BodyLimits, {"max_in_flight": settings.max_body_bytes_in_flight, "max_body_bytes": settings.max_body_bytes})
+    )
     middleware.append((Observability, {"metrics": metrics, "access_log": settings.access_log}))
     inference: ASGIApp = InferenceApp(registry, limits, decoders)
     for cls, options in middleware:

@@ -28,6 +28,9 @@ REQUEST_ID_HEADER = b"x-request-id"
 # Echoing a client's id back into headers and logs: keep it short and free of anything odd.
 SANE_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+# Control characters a client can put in a logged value (a path's %0A) written as escapes, so that a
+# plain-text line cannot be split into forged ones.
+CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
 
 
 @lru_cache(maxsize=4)
@@ -63,6 +66,45 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """Plain lines (``TEXT_FORMAT``), one per record: control characters in the message are escaped.
+
+    A traceback, which follows its line, keeps its own lines.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return super().formatMessage(record).translate(CONTROLS)
+
+
+FORMATTERS = {"json": JsonFormatter, "text": TextFormatter}
+
+
+def uvicorn_log_config(form: str) -> dict:
+    """uvicorn's own logging configuration, its lines written by the service's formatter (``json`` or ``text``).
+
+    Given to uvicorn by :mod:`app.serve`, so that every process writes the same lines: the supervisor of
+    several workers too, which never imports the app.
+    """
+    formatter = {"()": f"{FORMATTERS[form].__module__}.{FORMATTERS[form].__qualname__}"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {
+            "default": {"formatter": "default", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"},
+            "access": {"formatter": "default", "class": "logging.StreamHandler", "stream": "ext://sys.stdout"},
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
+            "uvicorn.error": {"level": "INFO"},
+            "uvicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+        },
+    }
+
+
 def configure_logging(level: str, form: str, access_log: bool = True) -> None:
     """Send the service's logs (and uvicorn's, when it runs the app) to stderr as JSON lines or plain text.
 
@@ -73,7 +115,7 @@ def configure_logging(level: str, form: str, access_log: bool = True) -> None:
     # table): the calling frame, thread, process and multiprocessing names. About 4 µs per line.
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    formatter = JsonFormatter() if form == "json" else logging.Formatter(TEXT_FORMAT)
+    formatter = FORMATTERS[form]()
     logger = logging.getLogger("aeserve")
     logger.setLevel(level.upper())
     handler = next((h for h in logger.handlers if getattr(h, "aeserve", False)), None)
@@ -110,10 +152,13 @@ class Observability:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        request_id = next(
-            (v.decode() for k, v in scope["headers"] if k == REQUEST_ID_HEADER and SANE_ID.fullmatch(v)),
-            None,
-        ) or os.urandom(16).hex()
+        request_id = (
+            next(
+                (v.decode() for k, v in scope["headers"] if k == REQUEST_ID_HEADER and SANE_ID.fullmatch(v)),
+                None,
+            )
+            or os.urandom(16).hex()
+        )
         token = REQUEST_ID.set(request_id)
         status, model = 499, ""  # 499: the client left before an answer started
 

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import orjson
 
-from app.errors import ApiError
+from app.errors import ApiError, brief
 from app.imaging import to_png
 
 JSON, NPY, PNG = "application/json", "application/x-npy", "image/png"
@@ -46,7 +46,7 @@ def negotiate(accept: str | None, offered: tuple[str, ...]) -> str:
         for candidate in matched:
             if candidate not in refused:
                 return candidate
-    raise ApiError(406, f"cannot answer with {accept}; this endpoint offers " + ", ".join(offered))
+    raise ApiError(406, f"cannot answer with {brief(accept)}; this endpoint offers " + ", ".join(offered))
 
 
 def json_body(payload: dict) -> bytes:

@@ -18,14 +18,16 @@ class ApiKey:
 
     def __init__(self, app: ASGIApp, key: str):
         self.app = app
-        self.expected = f"Bearer {key}".encode()
+        self.expected = key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         given = next((value for key, value in scope["headers"] if key == b"authorization"), b"")
-        if hmac.compare_digest(given, self.expected):
+        # The scheme is case-insensitive (RFC 9110, 11.1), with one or more spaces before the token.
+        scheme, _, token = given.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(token.lstrip(b" "), self.expected):
             await self.app(scope, receive, send)
             return
         message = "this service needs an API key: send Authorization: Bearer <key>"

@@ -90,6 +90,39 @@ class Settings(BaseSettings):
         "Retry-After when it cannot start within it (refused at once when the queue's measured cost says so)",
     )
 
+    # The edge: what one connection, and all of them together, may hold (app/edge.py; app/serve.py gives
+    # uvicorn its part).
+    max_head_bytes: int = Field(
+        64 * 2**10, gt=0, description="largest request head (request line and headers); 431 and the connection closed"
+    )
+    head_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a request head may take to arrive, from the connection's opening or the previous "
+        "request's end; then the connection is closed (408 when part of a head came)",
+    )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a request body may stall (no byte arriving); then 408 and the connection closed",
+    )
+    send_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="seconds an answer may wait for a client that stopped reading it; then the connection is dropped",
+    )
+    max_connections: int = Field(
+        512,
+        gt=0,
+        description="open connections (and requests in progress) beyond which a request gets 503 with Retry-After "
+        "(uvicorn's limit_concurrency; the health checks are still answered)",
+    )
+    max_body_bytes_in_flight: int = Field(
+        256 * 2**20,
+        gt=0,
+        description="request body bytes held by all requests in progress together; 503 with Retry-After beyond",
+    )
+
     @field_validator("access_log", mode="before")
     @classmethod
     def _access_log_switch(cls, value: object) -> object:

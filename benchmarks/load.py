@@ -13,12 +13,22 @@ Overload phase: a second server whose per-model queue is small
 the excess with 503 and ``Retry-After`` at once, not time out: no client error, and the 503s'
 p99 under ``--overload-max-p99`` seconds.
 
-Bounded in time (the phases' seconds, client timeouts) and in count (``--max-requests``); loopback
-only. Prints markdown tables; exits 1 when the steady phase had an error, the RSS grew by
-``--max-rss-growth`` percent or more, or the overload phase did not answer 503 quickly.
+Attack phase: a third server (its head and body timeouts ``--attack-timeout`` seconds, so that they act
+within the phase) serves ``--attack-clients`` normal clients (the steady phase's requests) in windows of
+``--attack-seconds``, alternately alone and beside an attack, ``--attack-rounds`` times each: idle
+connections, half-sent heads, heads and bodies trickled a byte at a time (each attacker reconnects when
+the server closes it), and clients posting costly images made here (blank 4000x4000 16-bit PNGs, about
+40 KB that inflate to 32 MB each, and a 4000x4000 progressive JPEG). It reports normal traffic's p99
+during the attack beside its p99 without it; the goal: at most ``--attack-max-ratio`` (2) times.
+
+Bounded in time (the phases' seconds, client timeouts) and in count (``--max-requests``, the attackers'
+numbers); loopback only. Prints markdown tables; exits 1 when the steady phase had an error, the RSS
+grew by ``--max-rss-growth`` percent or more, the overload phase did not answer 503 quickly, or normal
+traffic erred or slowed beyond the ratio under attack.
 
     .venv/bin/python benchmarks/load.py                      # 60 s, 32 clients, then the overload burst
     .venv/bin/python benchmarks/load.py --seconds 3 --clients 4
+    .venv/bin/python benchmarks/load.py --only-attack --attack-seconds 5
 """
 
 from __future__ import annotations
@@ -313,6 +323,136 @@ async def overload(base: str, args: argparse.Namespace) -> tuple[Stats, float]:
     return stats, time.perf_counter() - started
 
 
+@dataclass
+class AttackStats:
+    """Per kind of attacker: connections opened, closed by the server (with how long each lived), answers."""
+
+    opened: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    lives: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    answers: dict[str, dict[int, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    failures: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # could not connect or send
+
+
+def costly_images() -> list[tuple[str, bytes, str]]:
+    """Files that cost a decoder much for their size: blank 4000x4000 16-bit PNGs and a progressive JPEG."""
+    from PIL import Image
+
+    blank16 = Image.new("I;16", (4000, 4000), 0)
+    noise = np.random.default_rng(0).integers(0, 256, (500, 500), dtype=np.uint8)
+    photo = Image.fromarray(noise).resize((4000, 4000), Image.Resampling.NEAREST)
+    jpeg = io.BytesIO()
+    photo.save(jpeg, format="JPEG", progressive=True, quality=90)
+    return [("blank16.png", png_of(blank16), "image/png"), ("progressive.jpg", jpeg.getvalue(), "image/jpeg")]
+
+
+async def hostile(
+    host: str, port: int, kind: str, first: bytes, rest: bytes, gap: float, stop: asyncio.Event, stats: AttackStats
+) -> None:
+    """One hostile connection at a time until ``stop``: it sends ``first``, then ``rest`` a byte every ``gap`` s
+    (nothing more when ``rest`` is empty), and opens another once the server closes it."""
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+        except (OSError, TimeoutError):
+            stats.failures[kind] += 1
+            await asyncio.sleep(0.1)
+            continue
+        stats.opened[kind] += 1
+        opened = time.perf_counter()
+        try:
+            if first:
+                writer.write(first)
+                await writer.drain()
+            at = 0
+            while not stop.is_set():
+                wait = asyncio.ensure_future(reader.read(65536))
+                stopping = asyncio.ensure_future(stop.wait())
+                done, _ = await asyncio.wait({wait, stopping}, timeout=gap, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                if wait in done:
+                    answer = wait.result()
+                    if answer.startswith(b"HTTP/1.1 "):
+                        stats.answers[kind][int(answer.split(b" ", 2)[1])] += 1
+                    stats.lives[kind].append(time.perf_counter() - opened)
+                    break
+                wait.cancel()
+                if rest and at < len(rest):
+                    writer.write(rest[at : at + 1])
+                    await writer.drain()
+                    at += 1
+        except (OSError, ConnectionError):
+            stats.lives[kind].append(time.perf_counter() - opened)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+async def costly_client(base: str, files: list, stop: asyncio.Event, stats: AttackStats, limit: int) -> None:
+    """Posts the costly images to /encode, one request after another, until ``stop`` (at most ``limit``)."""
+    async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+        for _ in range(limit):
+            if stop.is_set():
+                return
+            stats.opened["costly images"] += 1
+            try:
+                answer = await http.post("/encode", files=files)
+            except httpx.HTTPError:
+                stats.failures["costly images"] += 1
+                continue
+            stats.answers["costly images"][answer.status_code] += 1
+
+
+async def attack_phase(base: str, args: argparse.Namespace) -> tuple[Stats, Stats, AttackStats]:
+    """Normal clients in windows alone and under attack, alternately; their statistics by side, and the attack's."""
+    host, port = base.removeprefix("http://").split(":")
+    port_number = int(port)
+    requests = mixed_requests(args.seed)
+    images = costly_images()
+    files = [("file", images[i % len(images)]) for i in range(args.attack_images)]
+    limits = httpx.Limits(max_connections=args.attack_clients, max_keepalive_connections=args.attack_clients)
+    alone, attacked, attack = Stats(), Stats(), AttackStats()
+    head = f"POST /encode HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-npy\r\n".encode()
+    body_head = head + b"Content-Length: 1048576\r\n\r\n"
+    kinds = [
+        ("idle", b"", b"", args.attack_connections),
+        ("half-sent head", head, b"", args.attack_connections),
+        ("trickled head", head, b"X-Slow: " + b"s" * 4096, args.attack_connections // 2),
+        ("trickled body", body_head + b"\x93NUMPY", b"0" * 4096, args.attack_connections // 2),
+    ]
+    async with httpx.AsyncClient(base_url=base, timeout=args.timeout, limits=limits) as http:
+        for request in requests:  # each request once, untimed: first-call costs out of the figures
+            (await http.post(request.endpoint, **request.kwargs)).raise_for_status()
+        for round_ in range(2 * args.attack_rounds):
+            attacking = round_ % 2 == 1
+            stop = asyncio.Event()
+            attackers = []
+            if attacking:
+                attackers = [
+                    asyncio.create_task(hostile(host, port_number, kind, first, rest, 0.2, stop, attack))
+                    for kind, first, rest, count in kinds
+                    for _ in range(count)
+                ]
+                attackers += [
+                    asyncio.create_task(costly_client(base, files, stop, attack, args.max_requests))
+                    for _ in range(args.attack_costly_clients)
+                ]
+                await asyncio.sleep(0.5)  # the attack under way before the window opens
+            stats = attacked if attacking else alone
+            deadline = time.perf_counter() + args.attack_seconds
+            await asyncio.gather(
+                *(
+                    client(
+                        http, requests, deadline, stats, random.Random(args.seed + round_ * 100 + i), args.max_requests
+                    )
+                    for i in range(args.attack_clients)
+                )
+            )
+            stop.set()
+            await asyncio.gather(*attackers, return_exceptions=True)
+    return alone, attacked, attack
+
+
 def rss_growth(samples: list[int]) -> tuple[float, float, float]:
     """Mean RSS (MiB) of the first and the last quarter of the samples, and the growth in percent."""
     quarter = max(1, len(samples) // 4)
@@ -357,10 +497,77 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overload-queue-images", type=int, default=512, help="the overload server's queue")
     parser.add_argument("--overload-max-p99", type=float, default=1.0, help="p99 of the 503s must be below (s)")
     parser.add_argument("--ignore-retry-after", action="store_true", help="overload clients resend at once after a 503")
+    parser.add_argument("--attack-seconds", type=float, default=5.0, help="length of each attack-phase window")
+    parser.add_argument("--attack-rounds", type=int, default=2, help="windows on each side (alone, attacked)")
+    parser.add_argument("--attack-clients", type=int, default=4, help="normal clients in the attack phase")
+    parser.add_argument("--attack-connections", type=int, default=16, help="idle and half-sent-head connections")
+    parser.add_argument("--attack-costly-clients", type=int, default=2, help="clients posting costly images")
+    parser.add_argument("--attack-images", type=int, default=4, help="costly images per request")
+    parser.add_argument("--attack-timeout", type=float, default=2.0, help="the attack server's head/body timeouts")
+    parser.add_argument(
+        "--attack-max-ratio", type=float, default=2.0, help="normal p99 under attack / alone must be below; 0: report"
+    )
+    parser.add_argument("--only-attack", action="store_true", help="run the attack phase only")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    failures = []
+    failures: list[str] = []
+    if not args.only_attack:
+        steady_and_overload(args, failures)
+    attack(args, failures)
+    print()
+    for failure in failures:
+        print(f"FAIL: {failure}")
+    print("all goals hold" if not failures else f"{len(failures)} goal(s) missed")
+    return 1 if failures else 0
+
+
+def attack(args: argparse.Namespace, failures: list[str]) -> None:
+    """The attack phase: run it, print its tables, add its missed goals to ``failures``."""
+    env = {"AESERVE_HEAD_TIMEOUT_S": str(args.attack_timeout), "AESERVE_BODY_TIMEOUT_S": str(args.attack_timeout)}
+    with (
+        tempfile.TemporaryDirectory(prefix="aeserve-attack-") as folder,
+        (Path(folder) / "attack.log").open("w") as log,
+    ):
+        process, base, _ = local_server.start("app.main:app", env=env, log=log)
+        try:
+            alone, attacked, hostile_stats = asyncio.run(attack_phase(base, args))
+            alive = process.poll() is None
+        finally:
+            local_server.stop(process)
+    print(
+        f"\n## Attack: {args.attack_clients} normal clients, windows of {args.attack_seconds:g} s alone and under "
+        f"attack, {args.attack_rounds} of each, alternating; head/body timeouts {args.attack_timeout:g} s\n"
+    )
+    print("| normal traffic | requests | errors | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|")
+    p99 = {}
+    for side, stats in (("alone", alone), ("under attack", attacked)):
+        values = [v for endpoint in ENDPOINTS for v in stats.latencies.get(endpoint, [])]
+        errors = sum(stats.errors.values())
+        p99[side] = percentile(values, 99)
+        print(f"| {side} | {len(values) + errors} | {errors} | {ms(percentile(values, 50))} | {ms(p99[side])} |")
+        if errors:
+            failures.append(f"{errors} errors of normal traffic {side}: {stats.examples}")
+    ratio = p99["under attack"] / p99["alone"]
+    print(f"\np99 under attack / alone: **{ratio:.2f}** (goal: below {args.attack_max_ratio:g})\n")
+    print("| attacker | connections or requests | closed by the server | median life s | answers |")
+    print("|---|---:|---:|---:|---|")
+    for kind in ("idle", "half-sent head", "trickled head", "trickled body", "costly images"):
+        lives = hostile_stats.lives.get(kind, [])
+        answers = ", ".join(f"{code}: {n}" for code, n in sorted(hostile_stats.answers.get(kind, {}).items())) or "-"
+        median = f"{np.median(lives):.1f}" if lives else "-"
+        opened = hostile_stats.opened.get(kind, 0)
+        print(f"| {kind} | {opened} | {len(lives) if kind != 'costly images' else '-'} | {median} | {answers} |")
+    if args.attack_max_ratio and not ratio < args.attack_max_ratio:
+        failures.append(
+            f"normal p99 under attack is {ratio:.2f} times its p99 alone (goal < {args.attack_max_ratio:g})"
+        )
+    if not alive:
+        failures.append("the attack server died")
+
+
+def steady_and_overload(args: argparse.Namespace, failures: list[str]) -> None:
+    """The steady and overload phases: run them, print their tables, add their missed goals to ``failures``."""
     with tempfile.TemporaryDirectory(prefix="aeserve-load-") as folder:
         log_path = Path(folder) / "steady.log"
         with log_path.open("w") as log:
@@ -414,11 +621,6 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"{burst.retry_after_missing} 503s without Retry-After")
     if not alive:
         failures.append("the overload server died")
-    print()
-    for failure in failures:
-        print(f"FAIL: {failure}")
-    print("all goals hold" if not failures else f"{len(failures)} goal(s) missed")
-    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ def start(
     env: dict[str, str] | None = None,
     log: IO | None = None,
     timeout: float = 120.0,
+    wait_for: str = "/readyz",
 ) -> tuple[subprocess.Popen, str, float]:
-    """Run ``uvicorn target`` (through ``app.serve``, as ``make serve`` does); wait for ``GET /readyz`` to answer 200.
+    """Run ``uvicorn target`` (through ``app.serve``, as ``make serve`` does); wait for ``GET /readyz`` (or
+    ``wait_for``) to answer 200.
 
     Returns the process, its base URL and the seconds from start to ready.
     """
@@ -46,7 +48,7 @@ def start(
     base = f"http://127.0.0.1:{port}"
     while time.perf_counter() - started < timeout:
         try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{base}{wait_for}", timeout=2).status_code == 200:
                 return process, base, time.perf_counter() - started
         except httpx.TransportError:
             pass

@@ -1,7 +1,9 @@
 """The container and Kubernetes deployment, checked without a Docker daemon or a cluster.
 
 - Dockerfile: hadolint (every rule, down to style) and what the image promises: one install path
-  (`make install`, the target `make serve` depends on), non-root, EXPOSE 8000, a HEALTHCHECK on /healthz.
+  (`make install`, the target `make serve` depends on), non-root, EXPOSE 8000, a HEALTHCHECK on /readyz,
+  the runtime fixed, a stop grace inside `docker stop`'s default, no `# syntax` line (an offline build
+  cannot fetch a frontend image).
 - .dockerignore: what the Dockerfile copies stays in the build context; environments, VCS data, caches out.
 - compose.yaml and every manifest: each AESERVE_* variable is a real setting with a valid value.
 - deploy/k8s/*.yaml: kubernetes-validate, strict (unknown fields rejected), plus what a schema cannot see:
@@ -157,9 +159,15 @@ def test_the_image_runs_as_non_root_on_port_8000_with_a_healthcheck():
     assert "--workers" not in cmd, "workers come from WEB_CONCURRENCY, an environment variable"
     (healthcheck,) = instruction_args(RUNTIME, "HEALTHCHECK")
     probe = exec_form(healthcheck)
-    assert probe[:2] == ["python", "-c"] and "http://127.0.0.1:8000/healthz" in probe[2]
+    # healthy means ready: an image that is never ready (a runtime it lacks, a broken model) is unhealthy
+    assert probe[:2] == ["python", "-c"] and "http://127.0.0.1:8000/readyz" in probe[2]
     assert "--start-period=" in healthcheck
     env = env_of(RUNTIME)
+    # the runtime the image has (LiteRT; no TensorFlow), as compose.yaml and the README say it fixes
+    assert env["AESERVE_RUNTIME"] == "litert"
+    # requests in flight get less than `docker stop`'s default 10 s before its SIGKILL
+    assert int(env["UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN"]) < 10
+    assert not re.search(r"^#\s*syntax\s*=", DOCKERFILE.read_text(), re.MULTILINE | re.IGNORECASE)
     assert env["PATH"].startswith("/opt/venv/bin:")
     assert env["WEB_CONCURRENCY"] == "1"
     # the models are baked in where the service is told to look
@@ -373,6 +381,19 @@ def run_healthcheck(command: list[str], python: Path, port: int) -> int:
     """Run an image or compose health-check command (exec form) against 127.0.0.1:port."""
     argv = [str(python) if arg == "python" else arg.replace(":8000/", f":{port}/") for arg in command]
     return subprocess.run(argv, capture_output=True, timeout=30).returncode
+
+
+def test_the_image_healthcheck_fails_while_the_service_is_not_ready(tmp_path):
+    # a service that answers /healthz but will never be ready (here: no models; in the image, a runtime it
+    # lacks, such as -e AESERVE_RUNTIME=tensorflow) is not healthy
+    (healthcheck,) = instruction_args(RUNTIME, "HEALTHCHECK")
+    env = {"AESERVE_MODELS_DIR": str(tmp_path)}
+    process, base, _ = local_server.start("app.main:app", env=env, wait_for="/healthz")
+    try:
+        assert httpx.get(f"{base}/readyz").status_code == 503
+        assert run_healthcheck(exec_form(healthcheck), Path(sys.executable), int(base.rsplit(":", 1)[1])) != 0
+    finally:
+        local_server.stop(process)
 
 
 @pytest.mark.slow

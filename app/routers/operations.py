@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from app.dependencies import get_registry
-from app.errors import ApiError, error_response
+from app.errors import ApiError, brief, error_response
 from app.metrics import CONTENT_TYPE
 from app.registry import Registry, ServedModel
 from app.responses import JSON
@@ -74,15 +74,17 @@ async def list_models(registry: Annotated[Registry, Depends(get_registry)]) -> R
 @router.get("/models/{name}", summary="One model", responses={404: {"model": ErrorResponse}})
 async def get_model(name: str, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
     if name not in {n for n, _ in registry.states}:
-        raise ApiError(404, f"unknown model {name!r}; GET /models lists the models served")
+        raise ApiError(404, f"unknown model {brief(name)}; GET /models lists the models served")
     return _json(describe(registry, name))
 
 
+@router.head("/healthz", include_in_schema=False)
 @router.get("/healthz", summary="Liveness: the process answers")
 async def healthz() -> Response:
     return _json({"status": "ok"})
 
 
+@router.head("/readyz", include_in_schema=False)
 @router.get("/readyz", summary="Readiness: every model loaded and warmed up", responses={503: {"model": ErrorResponse}})
 async def readyz(registry: Annotated[Registry, Depends(get_registry)]) -> Response:
     if not registry.ready:
