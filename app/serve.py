@@ -14,6 +14,8 @@ from types import FrameType
 
 from uvicorn.server import Server
 
+from app.workers import Supervisor
+
 # The module, not the `uvicorn.main` attribute of the package, which is the command (the function main).
 uvicorn_main = importlib.import_module("uvicorn.main")
 
@@ -29,6 +31,7 @@ class GracefulServer(Server):
 def main() -> None:
     """Run uvicorn's command line with :class:`GracefulServer`."""
     uvicorn_main.Server = GracefulServer  # the name uvicorn.main.run builds its server from
+    uvicorn_main.Multiprocess = Supervisor  # several workers: shared metrics and readiness (app.workers)
     uvicorn_main.main()
 
 
