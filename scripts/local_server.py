@@ -23,19 +23,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(
-    target: str = "app.main:app",
-    *uvicorn_args: str,
-    env: dict[str, str] | None = None,
-    log: IO | None = None,
-    timeout: float = 120.0,
-) -> tuple[subprocess.Popen, str, float]:
-    """Run ``uvicorn target`` (through ``app.serve``, as ``make serve`` does); wait for ``GET /readyz`` to answer 200.
-
-    Returns the process, its base URL and the seconds from start to ready.
-    """
+def launch(
+    target: str = "app.main:app", *uvicorn_args: str, env: dict[str, str] | None = None, log: IO | None = None
+) -> tuple[subprocess.Popen, str]:
+    """Run ``uvicorn target`` (through ``app.serve``, as ``make serve`` does); return the process and its base URL."""
     port = free_port()
-    started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "app.serve", target, "--host", "127.0.0.1", "--port", str(port), *uvicorn_args],
         cwd=ROOT,
@@ -43,7 +35,22 @@ def start(
         stdout=log or subprocess.DEVNULL,
         stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
     )
-    base = f"http://127.0.0.1:{port}"
+    return process, f"http://127.0.0.1:{port}"
+
+
+def start(
+    target: str = "app.main:app",
+    *uvicorn_args: str,
+    env: dict[str, str] | None = None,
+    log: IO | None = None,
+    timeout: float = 120.0,
+) -> tuple[subprocess.Popen, str, float]:
+    """:func:`launch`, then wait for ``GET /readyz`` to answer 200.
+
+    Returns the process, its base URL and the seconds from start to ready.
+    """
+    started = time.perf_counter()
+    process, base = launch(target, *uvicorn_args, env=env, log=log)
     while time.perf_counter() - started < timeout:
         try:
             if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
