@@ -11,6 +11,7 @@ go on (SIGCONT) later: a load as slow as the test needs, with nothing in the ser
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -54,10 +55,18 @@ def service(tmp_path: Path, workers: int) -> Iterator[tuple[subprocess.Popen, st
         process, base = local_server.launch("app.main:app", *options, env=env, log=log)
         try:
             yield process, base, scratch
-        finally:
+        finally:  # after a failure: stop the workers too, which outlive a supervisor that is killed
             if process.poll() is None:
-                process.kill()
-                process.wait()
+                shared = shared_dir(scratch)
+                pids = worker_pids(shared) if shared else []
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    for pid in [process.pid, *pids]:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                    process.wait()
 
 
 def until(condition, what: str, timeout: float = 90.0):
