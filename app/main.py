@@ -26,6 +26,7 @@ from app.routers import inference as declarations
 from app.routers import operations, page
 from app.security import ApiKey
 from app.settings import Settings
+from app.workers import Worker
 
 DESCRIPTION = """Trained MNIST and Fashion-MNIST autoencoders over REST.
 
@@ -81,7 +82,8 @@ def create_app(settings: Settings | None = None) -> Service:
         warmup=settings.warmup,
         batching=batching,
     )
-    metrics = Metrics(registry)
+    worker = Worker.from_environment()  # None when this process is the whole service
+    metrics = Metrics(registry, worker.directory if worker else None)
     registry.on_batch = metrics.observe_batch
 
     @asynccontextmanager
@@ -92,14 +94,19 @@ def create_app(settings: Settings | None = None) -> Service:
                 "and AESERVE_REQUIRE_MODELS is set"
             )
         loading = asyncio.get_running_loop().run_in_executor(None, registry.load_all)
+        if worker is not None:
+            loading.add_done_callback(lambda _: worker.mark_ready(registry.ready))
         yield
         await loading
+        if worker is not None:
+            worker.mark_ready(False)
         decoders.close()
 
     app = Service(title="aeserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = metrics
+    app.state.worker = worker
     app.state.limits = limits = Limits(
         settings.max_body_bytes,
         settings.max_batch,

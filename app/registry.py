@@ -226,6 +226,8 @@ class Registry:
     batching: BatchConfig | None = field(default_factory=BatchConfig)
     # Told of every batch a batcher runs: (model, outputs, images, seconds its oldest request waited).
     on_batch: Callable[[str, str, int, float], None] | None = None
+    # Told after every change of a model state (on the loading thread).
+    on_change: Callable[[], None] | None = None
     # Model calls run on this thread (but those the batchers find cheaper than the hand-off, on the loop).
     thread: ModelThread = field(default_factory=ModelThread)
     states: dict[tuple[str, int], ModelState] = field(default_factory=dict)
@@ -255,6 +257,7 @@ class Registry:
     def _load_one(self, state: ModelState) -> None:
         start = time.perf_counter()
         state.status = "loading"
+        self._changed()
         try:
             manifest = verify_files(state.folder)
             if "reconstruct" in manifest.get("endpoints", []) and "threshold" not in manifest.get(
@@ -301,6 +304,11 @@ class Registry:
             state.status, state.reason = "failed", str(exc)
             log.error("model %s/%s not served: %s", state.name, state.version, exc)
         state.load_seconds = round(time.perf_counter() - start, 3)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def load_all(self) -> None:
         """Discover, verify, load and warm every model version, then choose each endpoint's defaults (once)."""
@@ -308,6 +316,7 @@ class Registry:
             return
         try:
             self.discover()
+            self._changed()
             for state in self.states.values():
                 self._load_one(state)
             self.defaults = self._choose_defaults()

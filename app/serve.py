@@ -25,6 +25,7 @@ from uvicorn.server import Server
 
 from app.observability import uvicorn_log_config
 from app.settings import Settings
+from app.workers import Supervisor
 
 # The module, not the `uvicorn.main` attribute of the package, which is the command (the function main).
 uvicorn_main = importlib.import_module("uvicorn.main")
@@ -64,6 +65,7 @@ def main() -> None:
     """Run uvicorn's command line with :class:`ServiceConfig` and :class:`GracefulServer`."""
     uvicorn_main.Config = ServiceConfig  # the names uvicorn.main.run builds its configuration and server from
     uvicorn_main.Server = GracefulServer
+    uvicorn_main.Multiprocess = Supervisor  # several workers: shared metrics and readiness (app.workers)
     uvicorn_main.main()
 
 

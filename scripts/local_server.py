@@ -23,6 +23,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def launch(
+    target: str = "app.main:app", *uvicorn_args: str, env: dict[str, str] | None = None, log: IO | None = None
+) -> tuple[subprocess.Popen, str]:
+    """Run ``uvicorn target`` (through ``app.serve``, as ``make serve`` does); return the process and its base URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.serve", target, "--host", "127.0.0.1", "--port", str(port), *uvicorn_args],
+        cwd=ROOT,
+        env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"} | (env or {}),
+        stdout=log or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
 def start(
     target: str = "app.main:app",
     *uvicorn_args: str,
@@ -31,21 +46,12 @@ def start(
     timeout: float = 120.0,
     wait_for: str = "/readyz",
 ) -> tuple[subprocess.Popen, str, float]:
-    """Run ``uvicorn target`` (through ``app.serve``, as ``make serve`` does); wait for ``GET /readyz`` (or
-    ``wait_for``) to answer 200.
+    """:func:`launch`, then wait for ``GET /readyz`` (or ``wait_for``) to answer 200.
 
     Returns the process, its base URL and the seconds from start to ready.
     """
-    port = free_port()
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.serve", target, "--host", "127.0.0.1", "--port", str(port), *uvicorn_args],
-        cwd=ROOT,
-        env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"} | (env or {}),
-        stdout=log or subprocess.DEVNULL,
-        stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
+    process, base = launch(target, *uvicorn_args, env=env, log=log)
     while time.perf_counter() - started < timeout:
         try:
             if httpx.get(f"{base}{wait_for}", timeout=2).status_code == 200:

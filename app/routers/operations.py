@@ -14,6 +14,7 @@ from app.metrics import CONTENT_TYPE
 from app.registry import Registry, ServedModel
 from app.responses import JSON
 from app.schemas import ErrorResponse
+from app.workers import Worker
 
 router = APIRouter(tags=["operations"])
 
@@ -85,11 +86,21 @@ async def healthz() -> Response:
 
 
 @router.head("/readyz", include_in_schema=False)
-@router.get("/readyz", summary="Readiness: every model loaded and warmed up", responses={503: {"model": ErrorResponse}})
-async def readyz(registry: Annotated[Registry, Depends(get_registry)]) -> Response:
+@router.get(
+    "/readyz",
+    summary="Readiness: every model loaded and warmed up, in every worker",
+    responses={503: {"model": ErrorResponse}},
+)
+async def readyz(request: Request, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
+    worker: Worker | None = request.app.state.worker
+    ready, workers = worker.count() if worker is not None else (int(registry.ready), 1)
+    if worker is not None and ready < workers:
+        mine = "" if registry.ready else f"; this one: {registry.not_ready_reason()}"
+        return error_response(503, f"{ready} of {workers} workers ready{mine}", {"Retry-After": "1"})
     if not registry.ready:
         return error_response(503, registry.not_ready_reason(), {"Retry-After": "1"})
-    return _json({"status": "ready", "models": sum(len(v) for v in registry.models.values())})
+    count = sum(len(v) for v in registry.models.values())
+    return _json({"status": "ready", "models": count, "workers": {"ready": ready, "total": workers}})
 
 
 @router.get(
