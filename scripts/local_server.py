@@ -29,8 +29,11 @@ def start(
     env: dict[str, str] | None = None,
     log: IO | None = None,
     timeout: float = 120.0,
+    cwd: Path = ROOT,
+    ready_path: str = "/readyz",
 ) -> tuple[subprocess.Popen, str, float]:
-    """Run ``uvicorn target`` (through ``app.serve``, as ``make serve`` does); wait for ``GET /readyz`` to answer 200.
+    """Run ``uvicorn target`` (through ``app.serve``, as ``make serve`` does) in ``cwd``; wait for ``GET
+    ready_path`` to answer 200.
 
     Returns the process, its base URL and the seconds from start to ready.
     """
@@ -38,7 +41,7 @@ def start(
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "app.serve", target, "--host", "127.0.0.1", "--port", str(port), *uvicorn_args],
-        cwd=ROOT,
+        cwd=cwd,
         env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"} | (env or {}),
         stdout=log or subprocess.DEVNULL,
         stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
@@ -46,7 +49,7 @@ def start(
     base = f"http://127.0.0.1:{port}"
     while time.perf_counter() - started < timeout:
         try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{base}{ready_path}", timeout=2).status_code == 200:
                 return process, base, time.perf_counter() - started
         except httpx.TransportError:
             pass
