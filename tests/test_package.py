@@ -105,10 +105,21 @@ def serve_log_lines(log: Path, word: str) -> list[str]:
 def test_the_wheel_serves_from_an_empty_directory(dist, tmp_path, monkeypatch):
     (wheel,) = dist.glob("*.whl")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # no pip of its own: this pip installs into it (faster, and it reuses this pip's cache)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     install = subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            str(wheel),
+        ],
         env=CLEAN_ENV,
         capture_output=True,
         text=True,
