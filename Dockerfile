@@ -1,6 +1,6 @@
 # aeserve: the committed autoencoders behind the REST API, on CPU (LiteRT; no TensorFlow in the image).
 #
-#   docker build -t aeserve:0.1.0 .
+#   make image                                          # docker build, tagged and labelled with pyproject's version
 #   docker run --rm -p 8000:8000 aeserve:0.1.0          # or: docker compose up --wait
 #
 # Configuration is by environment variables only: the service's AESERVE_* settings (app/settings.py,
@@ -8,6 +8,8 @@
 # The image installs through `make install`, the same target as `make serve`: there is one install path.
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+# The image's version label: pyproject.toml's version, which `make image` passes (--build-arg VERSION=...).
+ARG VERSION=unknown
 
 # --- build: make and pip run here; only the virtual environment and the sources go on -------------------
 FROM ${PYTHON_IMAGE} AS build
@@ -24,12 +26,17 @@ COPY training/ training/
 # wheels, and the cache never enters an image layer.
 RUN --mount=type=cache,target=/root/.cache/pip \
     make install VENV=/opt/venv
+# A version given must be the installed package's own (importlib.metadata), else the build stops. (Declared
+# here, not above: a RUN after an ARG misses the cache when its value changes.)
+ARG VERSION
+RUN test "$VERSION" = unknown || test "$VERSION" = "$(/opt/venv/bin/python -c 'import app; print(app.__version__)')"
 
 # --- runtime: slim Python, the venv, the sources and the models; no make, no pip cache, not root -------
 FROM ${PYTHON_IMAGE}
+ARG VERSION
 LABEL org.opencontainers.image.title="aeserve" \
       org.opencontainers.image.description="MNIST and Fashion-MNIST autoencoders over REST" \
-      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="MIT"
 RUN groupadd --system --gid 10001 aeserve \
     && useradd --system --uid 10001 --gid aeserve --home-dir /home/aeserve --create-home \

@@ -10,15 +10,18 @@ export AESERVE_DATA_DIR := $(DATA_DIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # After SIGTERM (Ctrl-C) uvicorn stops accepting and lets requests in flight finish for up to this many seconds.
 export UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN ?= 20
+# The one place the version is written: pyproject.toml (the package reads it back with importlib.metadata).
+VERSION = $(shell $(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 
-.PHONY: help install serve test lint format train evaluate report examples bench clean
+.PHONY: help install serve image test lint format train evaluate report examples bench clean
 
 help:
 	@echo "make install   create $(VENV) and install the runtime dependencies (the container image runs this too)"
 	@echo "make serve     serve the committed models on http://$(HOST):$(PORT)"
+	@echo "make image     docker build the image aeserve:$(VERSION), labelled with that version"
 	@echo "make test      lint and run the test suite (DATA_DIR=... or AESERVE_DATA_DIR for the datasets)"
 	@echo "make train     train, evaluate and export every recipe into models/"
 	@echo "make evaluate  re-evaluate the committed models against their floors"
@@ -42,6 +45,9 @@ install: $(RUNTIME)
 
 serve: install
 	$(BIN)/python -m app.serve app.main:app --host $(HOST) --port $(PORT) $(if $(WORKERS),--workers $(WORKERS))
+
+image:
+	docker build --build-arg VERSION=$(VERSION) -t aeserve:$(VERSION) .
 
 test: $(DEV)
 	$(BIN)/ruff check .
@@ -70,4 +76,4 @@ bench: $(RUNTIME)
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info dist

@@ -22,8 +22,8 @@ from app.metrics import Metrics
 from app.observability import Observability, configure_logging
 from app.protocols import tfserving, v2
 from app.registry import Registry
+from app.routers import docs, operations, page
 from app.routers import inference as declarations
-from app.routers import operations, page
 from app.security import ApiKey
 from app.settings import Settings
 from app.workers import Worker
@@ -102,7 +102,14 @@ def create_app(settings: Settings | None = None) -> Service:
             worker.mark_ready(False)
         decoders.close()
 
-    app = Service(title="aeserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = Service(
+        title="aeserve",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc without a CDN: app.routers.docs
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = metrics
@@ -155,6 +162,7 @@ def create_app(settings: Settings | None = None) -> Service:
 
     app.openapi = openapi
     page.install(app)
+    docs.install(app)
     return app
 
 

@@ -239,20 +239,26 @@ class Registry:
     def discover(self) -> None:
         """Find ``<name>/<version>/`` folders; each becomes a pending model state.
 
-        A missing or empty models directory is a problem ``/readyz`` reports, without the path,
-        which only the log names: responses never show the server's file system.
+        A missing or empty models directory is a problem ``/readyz`` reports, and one log line at
+        start gives the same reason with the path, which only the log names: responses never show
+        the server's file system.
         """
         if not self.models_dir.is_dir():
-            self.problem = "the models directory (AESERVE_MODELS_DIR) does not exist"
-            log.error("models directory %s does not exist", self.models_dir)
+            self._no_models("does not exist")
             return
         for model_dir in sorted(p for p in self.models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
             for folder in sorted(versions, key=lambda p: int(p.name)):
                 self.states[(model_dir.name, int(folder.name))] = ModelState(model_dir.name, int(folder.name), folder)
         if not self.states:
-            self.problem = "the models directory (AESERVE_MODELS_DIR) holds no <name>/<version>/ model folders"
-            log.error("no <name>/<version>/ model folders under %s", self.models_dir)
+            self._no_models("holds no <name>/<version>/ model folders")
+
+    def _no_models(self, what: str) -> None:
+        self.problem = (
+            f"no models to serve: the models directory (AESERVE_MODELS_DIR) {what}; set AESERVE_MODELS_DIR "
+            "to the folder of <name>/<version>/ models (default: ./models in the working directory)"
+        )
+        log.error("%s [AESERVE_MODELS_DIR is %s]", self.problem, self.models_dir.resolve())
 
     def _load_one(self, state: ModelState) -> None:
         start = time.perf_counter()

@@ -8,7 +8,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+# Relative: ./models in the working directory (the checkout's committed models under `make serve`), never
+# inside the installed package.
+DEFAULT_MODELS_DIR = Path("models")
 # AESERVE_ACCESS_LOG's earlier boolean values and what they mean now.
 EARLIER_ACCESS_LOG = {"true": "all", "1": "all", "yes": "all", "false": "off", "0": "off", "no": "off"}
 
@@ -18,7 +20,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="AESERVE_", extra="ignore")
 
-    models_dir: Path = Field(DEFAULT_MODELS_DIR, description="folder of <name>/<version>/ SavedModels")
+    models_dir: Path = Field(
+        DEFAULT_MODELS_DIR, description="folder of <name>/<version>/ models (default: ./models in the working dir)"
+    )
     runtime: Literal["litert", "tensorflow"] = Field(
         "litert",
         description="litert: run each model's model.tflite (no TensorFlow needed); "

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from app.registry import Registry
 from app.runtimes import RUNTIMES
-from app.settings import DEFAULT_MODELS_DIR
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", help="only these models (default: every model)")
     parser.add_argument("--every-version", action="store_true", help="every served version, not only the newest")
     args = parser.parse_args()
-    registry = Registry(DEFAULT_MODELS_DIR, runtime=args.runtime, model_threads=args.threads, batching=None)
+    registry = Registry(MODELS_DIR, runtime=args.runtime, model_threads=args.threads, batching=None)
     registry.load_all()
     if args.every_version:
         models = [versions[v] for _, versions in sorted(registry.models.items()) for v in sorted(versions)]

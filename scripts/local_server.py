@@ -24,13 +24,18 @@ def free_port() -> int:
 
 
 def launch(
-    target: str = "app.main:app", *uvicorn_args: str, env: dict[str, str] | None = None, log: IO | None = None
+    target: str = "app.main:app",
+    *uvicorn_args: str,
+    env: dict[str, str] | None = None,
+    log: IO | None = None,
+    cwd: Path = ROOT,
 ) -> tuple[subprocess.Popen, str]:
-    """Run ``uvicorn target`` (through ``app.serve``, as ``make serve`` does); return the process and its base URL."""
+    """Run ``uvicorn target`` (through ``app.serve``, as ``make serve`` does) in ``cwd``; return the process and
+    its base URL."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "app.serve", target, "--host", "127.0.0.1", "--port", str(port), *uvicorn_args],
-        cwd=ROOT,
+        cwd=cwd,
         env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"} | (env or {}),
         stdout=log or subprocess.DEVNULL,
         stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
@@ -45,13 +50,14 @@ def start(
     log: IO | None = None,
     timeout: float = 120.0,
     wait_for: str = "/readyz",
+    cwd: Path = ROOT,
 ) -> tuple[subprocess.Popen, str, float]:
     """:func:`launch`, then wait for ``GET /readyz`` (or ``wait_for``) to answer 200.
 
     Returns the process, its base URL and the seconds from start to ready.
     """
     started = time.perf_counter()
-    process, base = launch(target, *uvicorn_args, env=env, log=log)
+    process, base = launch(target, *uvicorn_args, env=env, log=log, cwd=cwd)
     while time.perf_counter() - started < timeout:
         try:
             if httpx.get(f"{base}{wait_for}", timeout=2).status_code == 200:

@@ -8,6 +8,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from app import __version__
 from app.dependencies import get_registry
 from app.errors import ApiError, brief, error_response
 from app.metrics import CONTENT_TYPE
@@ -66,10 +67,11 @@ def _public(manifest: dict) -> dict:
     return manifest | {"data": data | {"source": data["source"].rstrip("/").rsplit("/", 1)[-1]}}
 
 
-@router.get("/models", summary="Every model with its manifest summary and status")
+@router.get("/models", summary="Every model with its manifest summary and status, and the service's version")
 async def list_models(registry: Annotated[Registry, Depends(get_registry)]) -> Response:
     names = sorted({name for name, _ in registry.states})
-    return _json({"models": [describe(registry, n) for n in names], "defaults": registry.defaults})
+    models = [describe(registry, n) for n in names]
+    return _json({"models": models, "defaults": registry.defaults, "aeserve_version": __version__})
 
 
 @router.get("/models/{name}", summary="One model", responses={404: {"model": ErrorResponse}})
