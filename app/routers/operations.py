@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 import orjson
@@ -66,9 +67,11 @@ def _public(manifest: dict) -> dict:
 
 
 @router.get("/models", summary="Every model with its manifest summary and status")
-async def list_models(registry: Annotated[Registry, Depends(get_registry)]) -> Response:
+async def list_models(request: Request, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
     names = sorted({name for name, _ in registry.states})
-    return _json({"models": [describe(registry, n) for n in names], "defaults": registry.defaults})
+    # the request limits, so that a client can split a large batch into requests the service accepts
+    limits = dataclasses.asdict(request.app.state.limits)
+    return _json({"models": [describe(registry, n) for n in names], "defaults": registry.defaults, "limits": limits})
 
 
 @router.get("/models/{name}", summary="One model", responses={404: {"model": ErrorResponse}})
