@@ -139,6 +139,8 @@ def _chunks(images: Images, limits: Limits) -> list[_Chunk]:
         images = np.stack(images)
     if isinstance(images, Sequence) and not images:
         raise ValueError("no images given")
+    if isinstance(images, Sequence) and any(_is_file(item) or isinstance(item, np.ndarray) for item in images):
+        raise TypeError("images: an array, image files (paths or bytes), or a list of either kind, not of both")
     array = np.asarray(images)
     if array.dtype.kind == "f" and array.dtype != np.float32:
         array = array.astype(np.float32)  # the service computes in float32: the same numbers, half the bytes

@@ -230,6 +230,15 @@ def test_errors_carry_the_service_message(service, client, digits, files):
         assert str(caught.value) == f"{answer.status_code}: {answer.json()['error']}"
 
 
+def test_inputs_the_client_cannot_send(client, digits, files):
+    with pytest.raises(TypeError, match="not of both"):
+        client.encode([files[0], digits[0]])
+    with pytest.raises(ValueError, match="no images"):
+        client.encode([])
+    with pytest.raises(FileNotFoundError):
+        client.encode(files[0].with_name("missing.png"))
+
+
 def test_models_ready_health(service, client):
     listing = client.models()
     assert listing == httpx.get(f"{service}/models").json()
