@@ -247,6 +247,19 @@ def test_models_ready_health(service, client):
     assert client.health() is True
 
 
+def test_api_key(digits):
+    process, base, _ = local_server.start(env={"AESERVE_API_KEY": "s3cret"})
+    try:
+        with aeserve.Client(base, api_key="s3cret") as client:
+            assert client.classify(digits).labels.tolist() == [0, 1, 7, 0, 1, 7, 0, 1]
+        with aeserve.Client(base) as client, pytest.raises(aeserve.ApiError) as caught:
+            client.classify(digits)
+        assert caught.value.status == 401
+        assert caught.value.message == "this service needs an API key: send Authorization: Bearer <key>"
+    finally:
+        local_server.stop(process)
+
+
 @pytest.fixture(scope="module")
 def stub():
     process, base, _ = local_server.start("retry_stub:app", "--app-dir", str(ROOT / "tests"))
