@@ -90,10 +90,10 @@ class _Call:
 
 @dataclass
 class _Chunk:
-    """The images of one request: an ``.npy`` body or multipart files."""
+    """The images of one request: an array (sent as ``.npy``) or files (sent as multipart), with their indices."""
 
     count: int
-    content: bytes | None = None
+    array: np.ndarray | None = None
     files: list | None = None
 
 
@@ -134,7 +134,7 @@ def _chunks(images: Images, limits: Limits) -> list[_Chunk]:
     if _is_file(images):
         images = [images]
     if isinstance(images, Sequence) and images and all(_is_file(item) for item in images):
-        return _file_chunks([_file_part(item, i) for i, item in enumerate(images)], limits)
+        return _file_chunks(list(images), limits)
     if isinstance(images, Sequence) and images and all(isinstance(item, np.ndarray) for item in images):
         images = np.stack(images)
     if isinstance(images, Sequence) and not images:
@@ -146,24 +146,29 @@ def _chunks(images: Images, limits: Limits) -> list[_Chunk]:
         array = array.astype(np.float32)  # the service computes in float32: the same numbers, half the bytes
     count = _image_count(array.shape)
     if count is None or count == 0:
-        return [_Chunk(1, content=_npy(array))]
+        return [_Chunk(1, array=array)]
     array = array.reshape(count, 28, 28)
     by_bytes = max(1, (limits.max_body_bytes - NPY_HEADER_BYTES) // (784 * array.dtype.itemsize))
     size = max(1, min(limits.max_batch, by_bytes))
-    return [_Chunk(len(part), content=_npy(part)) for part in (array[i : i + size] for i in range(0, count, size))]
+    return [_Chunk(len(part), array=part) for part in (array[i : i + size] for i in range(0, count, size))]
 
 
-def _file_chunks(parts: list, limits: Limits) -> list[_Chunk]:
+def _file_size(item: ImageFile) -> int:
+    return len(item) if isinstance(item, bytes | bytearray) else Path(item).stat().st_size
+
+
+def _file_chunks(items: list[ImageFile], limits: Limits) -> list[_Chunk]:
+    """Files grouped into requests within ``limits``; each file is read when its request is sent."""
     budget = limits.max_body_bytes - PART_OVERHEAD_BYTES
     chunks: list[_Chunk] = []
     current: list = []
     size = 0
-    for part in parts:
-        part_size = len(part[1][1]) + PART_OVERHEAD_BYTES
+    for index, item in enumerate(items):
+        part_size = _file_size(item) + PART_OVERHEAD_BYTES
         if current and (len(current) >= limits.max_batch or size + part_size > budget):
             chunks.append(_Chunk(len(current), files=current))
             current, size = [], 0
-        current.append(part)
+        current.append((item, index))
         size += part_size
     chunks.append(_Chunk(len(current), files=current))
     return chunks
@@ -311,10 +316,12 @@ class _Base:
         headers = {"Accept": NPY if npy else JSON}
         parts, done = [], 0
         for chunk in chunks:
-            if chunk.content is not None:
-                call = _Call("POST", f"/{endpoint}", query, headers | {"Content-Type": NPY}, content=chunk.content)
+            if chunk.array is not None:
+                content = _npy(chunk.array)
+                call = _Call("POST", f"/{endpoint}", query, headers | {"Content-Type": NPY}, content=content)
             else:
-                call = _Call("POST", f"/{endpoint}", query, headers, files=chunk.files)
+                uploads = [_file_part(item, index) for item, index in chunk.files]
+                call = _Call("POST", f"/{endpoint}", query, headers, files=uploads)
             parts.append(_parse(endpoint, (yield call)))
             query = query | {"model": parts[0].model, "version": parts[0].version}
             done += chunk.count
