@@ -17,11 +17,12 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends make=4.3-4.1 \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /srv/aeserve
-# What `pip install -e .` needs: the project metadata and the two packages (no models: they change
+# What `pip install -e .` needs: the project metadata and the three packages (no models: they change
 # the image's last layer only, and never the dependencies).
 COPY pyproject.toml Makefile README.md LICENSE ./
 COPY app/ app/
 COPY training/ training/
+COPY aeserve/ aeserve/
 # The pip cache lives in a BuildKit cache mount: rebuilds after a code change reuse the downloaded
 # wheels, and the cache never enters an image layer.
 RUN --mount=type=cache,target=/root/.cache/pip \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 import orjson
@@ -67,11 +68,13 @@ def _public(manifest: dict) -> dict:
     return manifest | {"data": data | {"source": data["source"].rstrip("/").rsplit("/", 1)[-1]}}
 
 
-@router.get("/models", summary="Every model with its manifest summary and status, and the service's version")
-async def list_models(registry: Annotated[Registry, Depends(get_registry)]) -> Response:
+@router.get("/models", summary="Every model with its manifest summary and status, the service's version and limits")
+async def list_models(request: Request, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
     names = sorted({name for name, _ in registry.states})
     models = [describe(registry, n) for n in names]
-    return _json({"models": models, "defaults": registry.defaults, "aeserve_version": __version__})
+    # the request limits, so that a client can split a large batch into requests the service accepts
+    limits = dataclasses.asdict(request.app.state.limits)
+    return _json({"models": models, "defaults": registry.defaults, "aeserve_version": __version__, "limits": limits})
 
 
 @router.get("/models/{name}", summary="One model", responses={404: {"model": ErrorResponse}})

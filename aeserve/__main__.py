@@ -1,0 +1,7 @@
+"""``python -m aeserve``: the ``aeserve`` command."""
+
+import sys
+
+from aeserve.cli import main
+
+sys.exit(main())
