@@ -12,7 +12,8 @@ import orjson
 from python_multipart.multipart import parse_options_header
 
 from app.errors import ApiError, brief
-from app.imaging import decode_image, mnist_style, plain_28
+from app.imaging import decode_image
+from app.preprocess import DEFAULT_RULE, prepare
 
 NPY_MAGIC = b"\x93NUMPY"
 MEDIA_TYPES = ("multipart/form-data", "application/json", "application/x-npy")
@@ -224,8 +225,8 @@ def split_multipart(body: bytes, boundary: bytes) -> list[Part]:
     return parts
 
 
-def parse_multipart(content_type: str, body: bytes, limits: Limits, preprocess: bool) -> np.ndarray:
-    """Parts named ``file``, each an image → batch (MNIST-style preprocessing unless ``preprocess`` is off)."""
+def parse_multipart(content_type: str, body: bytes, limits: Limits, preprocess: str) -> np.ndarray:
+    """Parts named ``file``, each an image → batch, prepared by the rule ``preprocess`` names."""
     boundary = parse_options_header(content_type)[1].get(b"boundary")
     if not boundary:
         raise ApiError(400, "multipart Content-Type has no boundary parameter")
@@ -245,10 +246,9 @@ def parse_multipart(content_type: str, body: bytes, limits: Limits, preprocess: 
     return np.stack([image_file(part.data, limits, preprocess) for part in files])
 
 
-def image_file(data: bytes, limits: Limits, preprocess: bool = True) -> np.ndarray:
-    """One uploaded image file → ``float32 [28,28]`` (MNIST-style preprocessing unless ``preprocess`` is off)."""
-    grey = decode_image(data, limits.max_image_pixels)
-    return mnist_style(grey) if preprocess else plain_28(grey)
+def image_file(data: bytes, limits: Limits, preprocess: str = DEFAULT_RULE) -> np.ndarray:
+    """One uploaded image file → ``float32 [28,28]``, prepared by the rule ``preprocess`` names (app.preprocess)."""
+    return prepare(decode_image(data, limits.max_image_pixels), preprocess)
 
 
 def media_type(content_type: str) -> str:
@@ -261,7 +261,7 @@ def media_type(content_type: str) -> str:
     return media
 
 
-def read_images(content_type: str, body: bytes, limits: Limits, preprocess: bool = True) -> np.ndarray:
+def read_images(content_type: str, body: bytes, limits: Limits, preprocess: str = DEFAULT_RULE) -> np.ndarray:
     """Decode any accepted request body into one ``float32 [N,28,28]`` batch in 0..1, or raise a 4xx."""
     media = media_type(content_type)
     if not body:

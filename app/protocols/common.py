@@ -74,8 +74,9 @@ def as_images(values: Any, limits: Limits, what: str, scale: float = 1.0) -> np.
     return check_batch(array.reshape(-1, 28, 28), limits, scale)
 
 
-def b64_image_file(encoded: Any, limits: Limits) -> np.ndarray:
-    """``{"b64": ...}``'s base64 image file (PNG, JPEG, ...) → one 28x28 image, made as an upload is."""
+def b64_image_file(encoded: Any, limits: Limits, preprocess: str) -> np.ndarray:
+    """``{"b64": ...}``'s base64 image file (PNG, JPEG, ...) → one 28x28 image, made as an upload is (by the
+    rule ``preprocess`` names: the model's own)."""
     if not isinstance(encoded, str):
         raise ApiError(400, '"b64" must be a string of base64 image file bytes')
     try:
@@ -84,7 +85,7 @@ def b64_image_file(encoded: Any, limits: Limits) -> np.ndarray:
         raise ApiError(400, '"b64" is not valid base64') from None
     if len(data) == 0:
         raise ApiError(400, '"b64" holds no bytes')
-    return image_file(data, limits)
+    return image_file(data, limits, preprocess)
 
 
 def tensor_shape(model: ServedModel, name: str) -> list[int]:

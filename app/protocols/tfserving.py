@@ -5,7 +5,7 @@
 ``predictions``) or ``inputs`` (columnar, answered with ``outputs``), as
 https://www.tensorflow.org/tfx/serving/api_rest describes them. Every output of the signature
 is computed, as TF Serving does. An instance may also be ``{"b64": "<image file>"}``: a PNG,
-JPEG, ... made 28x28 the way MNIST was, as the multipart uploads of the five endpoints are.
+JPEG, ... made 28x28 by the model's preprocessing rule, as the multipart uploads of the five endpoints are.
 """
 
 from __future__ import annotations
@@ -110,19 +110,19 @@ def _metadata(model: ServedModel) -> dict:
     }
 
 
-def _instance(value: Any, limits: Limits) -> Any:
+def _instance(value: Any, limits: Limits, preprocess: str) -> Any:
     """One row: an image as nested lists, ``{"b64": ...}``, or ``{"images": either}``."""
     if isinstance(value, dict) and set(value) == {INPUT}:
         value = value[INPUT]  # the input named, once: {"images": {"images": ...}} names nothing more
     if isinstance(value, dict):
         if set(value) == {"b64"}:
-            return b64_image_file(value["b64"], limits)
+            return b64_image_file(value["b64"], limits, preprocess)
         raise ApiError(400, f'an instance names inputs {sorted(value)}; the signature\'s one input is "{INPUT}"')
     return value
 
 
-def _images(body: Any, limits: Limits) -> tuple[np.ndarray, bool]:
-    """The request's image batch, and whether it came in row format."""
+def _images(body: Any, limits: Limits, preprocess: str) -> tuple[np.ndarray, bool]:
+    """The request's image batch, and whether it came in row format (image files prepared by ``preprocess``)."""
     if not isinstance(body, dict):
         raise ApiError(400, 'the body must be a JSON object with "instances" or "inputs"')
     signature = body.get("signature_name", SIGNATURE)
@@ -142,7 +142,7 @@ def _images(body: Any, limits: Limits) -> tuple[np.ndarray, bool]:
         raise ApiError(422, f'"{"instances" if row else "inputs"}" must be a non-empty list of images')
     if len(values) > limits.max_batch:
         raise ApiError(413, f"{len(values)} images in one request; the limit is {limits.max_batch}")
-    rows = [_instance(v, limits) if isinstance(v, dict) else v for v in values]
+    rows = [_instance(v, limits, preprocess) if isinstance(v, dict) else v for v in values]
     if any(isinstance(r, np.ndarray) for r in rows):  # decoded image files among the rows
         images = [r if isinstance(r, np.ndarray) else as_images([r], limits, "an instance")[0] for r in rows]
         return check_batch(np.stack(images), limits), row
@@ -151,7 +151,7 @@ def _images(body: Any, limits: Limits) -> tuple[np.ndarray, bool]:
 
 async def _predict(request: Request, registry: Registry, name: str, version: str | None) -> Response:
     model = find_model(registry, name, version)
-    images, row = _images(await read_json(request), request.app.state.limits)
+    images, row = _images(await read_json(request), request.app.state.limits, model.preprocess)
     outputs = await model.run_outputs(images, tuple(sorted(model.output_names)))
     if row:
         if len(outputs) == 1:
