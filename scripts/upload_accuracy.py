@@ -9,7 +9,7 @@ The same images sent as arrays are the reference. Forms:
 - ``page``: the garment dark on a white page (negated), scaled up 4-8x, placed off-centre on a
   400x320 page, JPEG quality 85.
 
-Run with ``AESERVE_DATA_DIR=... python scripts/upload_accuracy.py [--count 1000]``; prints the
+Run with ``AESERVE_DATA_DIR=... python scripts/upload_accuracy.py [--count 2000]``; prints the
 accuracy (%) of each rule on each form for each classifier.
 """
 
@@ -67,7 +67,7 @@ VARIANTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "mnist": PIPELINES["mnist"],
     "none": PIPELINES["none"],
     "product": PIPELINES["product"],
-    "product, sharpened (README step 4)": partial(product_style, amount=1.0),
+    "product, sharpened (step 4)": partial(product_style, amount=1.0),
     "product, sharpening 0.5": partial(product_style, amount=0.5),
     "product, sharpening 2": partial(product_style, amount=2.0),
     "product, subsampled": partial(product_style, subsample=True),
@@ -78,7 +78,7 @@ VARIANTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--count", type=int, default=1000, help="the first N test images")
+    parser.add_argument("--count", type=int, default=2000, help="the first N test images")
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
     args = parser.parse_args()
     from training.datasets import load_dataset
