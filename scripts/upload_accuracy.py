@@ -8,6 +8,8 @@ The same images sent as arrays are the reference. Forms:
 - ``dataset``: the dataset's own look (light garment on black) scaled up to 112x112, PNG.
 - ``page``: the garment dark on a white page (negated), scaled up 4-8x, placed off-centre on a
   400x320 page, JPEG quality 85.
+- ``photo``: the same on light grey paper (225 of 255) with noise (standard deviation 12), as a
+  phone photo of a printout; JPEG quality 85.
 
 Run with ``AESERVE_DATA_DIR=... python scripts/upload_accuracy.py [--count 2000]``; prints the
 accuracy (%) of each rule on each form for each classifier.
@@ -59,9 +61,17 @@ def on_white_page(image: np.ndarray, seed: int) -> bytes:
     return _encoded(page, "JPEG", quality=85)
 
 
+def on_grey_paper(image: np.ndarray, seed: int) -> bytes:
+    """:func:`on_white_page`'s page dimmed to grey 225 with Gaussian noise (std 12 of 255), as a JPEG."""
+    page = np.asarray(Image.open(io.BytesIO(on_white_page(image, seed))), np.float64) * 225 / 255
+    noisy = page + np.random.default_rng(seed).normal(0, 12, page.shape)
+    return _encoded(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), "JPEG", quality=85)
+
+
 FORMS: dict[str, Callable[[np.ndarray, int], bytes]] = {
     "dataset": lambda image, _: dataset_look(image),
     "page": on_white_page,
+    "photo": on_grey_paper,
 }
 VARIANTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "mnist": PIPELINES["mnist"],
@@ -73,6 +83,9 @@ VARIANTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "product, subsampled": partial(product_style, subsample=True),
     "product, trim tolerance 10 %": partial(product_style, tolerance=0.10),
     "product, trim tolerance 2 %": partial(product_style, tolerance=0.02),
+    "product, trim pixel by pixel": partial(product_style, radius=0),
+    "product, box 5 %": partial(product_style, box_tolerance=0.05),
+    "product, box 15 %": partial(product_style, box_tolerance=0.15),
 }
 
 

@@ -14,7 +14,7 @@ from helpers import multipart, npy_bytes, png_bytes
 
 from app.imaging import decode_image
 from app.preprocess import DEFAULT_RULE, RULES, product_style, rule_of
-from scripts.upload_accuracy import dataset_look, on_white_page
+from scripts.upload_accuracy import dataset_look, on_grey_paper, on_white_page
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -54,6 +54,7 @@ async def array_accuracy(client, images: np.ndarray, labels: np.ndarray) -> floa
 FORMS = {
     "dataset look, 112x112 PNG": (lambda image, _: dataset_look(image), "image/png"),
     "dark on a white page, off-centre JPEG": (on_white_page, "image/jpeg"),
+    "the same on noisy grey paper, JPEG": (on_grey_paper, "image/jpeg"),
 }
 
 
