@@ -24,12 +24,13 @@ from starlette.types import Receive, Scope, Send
 from app.decoding import DecodePool
 from app.errors import ApiError, brief, error_body
 from app.inputs import Limits, read_images_off_loop, whole_number
+from app.preprocess import RULES
 from app.registry import Registry, ServedModel
 from app.responses import JSON, NPY, PNG, image_body, json_body, negotiate
 
 log = logging.getLogger("aeserve")
 
-PREPROCESS = ("mnist", "none")
+PREPROCESS = RULES
 MAX_SEED = 2**32 - 1
 MAX_NOISE_STD = 2.0
 MAX_VERSION = 2**31 - 1
@@ -49,7 +50,7 @@ class Params:
     dataset: str | None = None
     model: str | None = None
     version: int | None = None
-    preprocess: bool = True
+    preprocess: str | None = None  # None: the model's own rule
     noise_std: float | None = None
     seed: int | None = None
 
@@ -58,9 +59,9 @@ def parse_params(query_string: bytes, denoise: bool = False) -> Params:
     """Check ``dataset``, ``model``, ``version``, ``preprocess`` (and ``noise_std``, ``seed`` on /denoise); 422
     when wrong."""
     query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
-    preprocess = query.get("preprocess", "mnist")
-    if preprocess not in PREPROCESS:
-        raise ApiError(422, f"query parameter preprocess: must be mnist or none, not {preprocess!r}")
+    preprocess = query.get("preprocess")
+    if preprocess is not None and preprocess not in PREPROCESS:
+        raise ApiError(422, f"query parameter preprocess: must be {', '.join(PREPROCESS)}, not {preprocess!r}")
     model, version = query.get("model") or None, None
     if "version" in query:
         version = _number(query, "version", int, 1, MAX_VERSION)
@@ -71,7 +72,7 @@ def parse_params(query_string: bytes, denoise: bool = False) -> Params:
         noise_std = _number(query, "noise_std", float, 0.0, MAX_NOISE_STD)
     if denoise and "seed" in query:
         seed = _number(query, "seed", int, 0, MAX_SEED)
-    return Params(query.get("dataset") or None, model, version, preprocess == "mnist", noise_std, seed)
+    return Params(query.get("dataset") or None, model, version, preprocess, noise_std, seed)
 
 
 def _number(query: dict[str, str], name: str, kind: type, low: float, high: float):
@@ -274,5 +275,7 @@ class InferenceApp:
         served = self.registry.resolve(endpoint.name, params.dataset, params.model, params.version)
         body = await read_body(receive, length, self.limits.max_body_bytes)
         received.body = True
-        images = await read_images_off_loop(content_type or "", body, self.limits, params.preprocess, self.decoders.run)
+        images = await read_images_off_loop(
+            content_type or "", body, self.limits, params.preprocess or served.preprocess, self.decoders.run
+        )
         return served, await endpoint.answer(served, images, media, params)

@@ -14,7 +14,8 @@ import orjson
 from python_multipart.multipart import parse_options_header
 
 from app.errors import ApiError, brief
-from app.imaging import MAX_SCANS, decode_image, mnist_style, open_image, plain_28
+from app.imaging import MAX_SCANS, decode_image, open_image
+from app.preprocess import DEFAULT_RULE, prepare
 
 NPY_MAGIC = b"\x93NUMPY"
 MEDIA_TYPES = ("multipart/form-data", "application/json", "application/x-npy")
@@ -278,7 +279,7 @@ def _declared_pixels(data: bytes, limits: Limits) -> int:
     return width * height
 
 
-def decode_files(files: list[bytes], limits: Limits, preprocess: bool = True) -> np.ndarray:
+def decode_files(files: list[bytes], limits: Limits, preprocess: str = DEFAULT_RULE) -> np.ndarray:
     """Image files → ``float32 [N,28,28]``, under the request's budget: the pixels of all its files, read from
     their headers before any is decoded (413), and the CPU time of their decoding, checked after each (413).
 
@@ -305,15 +306,15 @@ def decode_files(files: list[bytes], limits: Limits, preprocess: bool = True) ->
     return np.stack(images)
 
 
-def parse_multipart(content_type: str, body: bytes, limits: Limits, preprocess: bool) -> np.ndarray:
-    """Parts named ``file``, each an image → batch (MNIST-style preprocessing unless ``preprocess`` is off)."""
+def parse_multipart(content_type: str, body: bytes, limits: Limits, preprocess: str) -> np.ndarray:
+    """Parts named ``file``, each an image → batch, prepared by the rule ``preprocess`` names."""
     return decode_files(multipart_files(content_type, body, limits), limits, preprocess)
 
 
-def image_file(data: bytes, limits: Limits, preprocess: bool = True) -> np.ndarray:
-    """One uploaded image file → ``float32 [28,28]`` (MNIST-style preprocessing unless ``preprocess`` is off)."""
+def image_file(data: bytes, limits: Limits, preprocess: str = DEFAULT_RULE) -> np.ndarray:
+    """One uploaded image file → ``float32 [28,28]``, prepared by the rule ``preprocess`` names (app.preprocess)."""
     grey = decode_image(data, limits.max_image_pixels, limits.max_image_scans)
-    return mnist_style(grey) if preprocess else plain_28(grey)
+    return prepare(grey, preprocess)
 
 
 def media_type(content_type: str) -> str:
@@ -326,7 +327,7 @@ def media_type(content_type: str) -> str:
     return media
 
 
-def read_images(content_type: str, body: bytes, limits: Limits, preprocess: bool = True) -> np.ndarray:
+def read_images(content_type: str, body: bytes, limits: Limits, preprocess: str = DEFAULT_RULE) -> np.ndarray:
     """Decode any accepted request body into one ``float32 [N,28,28]`` batch in 0..1, or raise a 4xx."""
     media = media_type(content_type)
     if not body:
@@ -343,7 +344,7 @@ OffLoop = Callable[..., Awaitable[np.ndarray]]
 
 
 async def read_images_off_loop(
-    content_type: str, body: bytes, limits: Limits, preprocess: bool, off_loop: OffLoop
+    content_type: str, body: bytes, limits: Limits, preprocess: str, off_loop: OffLoop
 ) -> np.ndarray:
     """:func:`read_images`, with the image files of a multipart body decoded by ``off_loop``."""
     media = media_type(content_type)

@@ -24,6 +24,7 @@ import numpy as np
 
 from app.batching import BatchConfig, Batcher, ModelThread
 from app.errors import ApiError
+from app.preprocess import RULES, rule_of
 from app.runtimes import Outputs, Runtime, RuntimeLoadError, load_runtime
 
 log = logging.getLogger("aeserve")
@@ -89,6 +90,11 @@ class ServedModel:
     @property
     def threshold(self) -> float | None:
         return self.manifest.get("in_distribution", {}).get("threshold")
+
+    @property
+    def preprocess(self) -> str:
+        """The rule that prepares an image file uploaded for this model (manifest ``preprocess``, else mnist)."""
+        return rule_of(self.manifest)
 
     @property
     def label_hints(self) -> list[str]:
@@ -270,6 +276,8 @@ class Registry:
                 "in_distribution", {}
             ):
                 raise ModelLoadError("serves /reconstruct but its manifest has no in_distribution threshold")
+            if rule_of(manifest) not in RULES:
+                raise ModelLoadError(f"manifest preprocess {rule_of(manifest)!r} is none of {', '.join(RULES)}")
             if manifest.get("name") != state.name or int(manifest.get("version", -1)) != state.version:
                 raise ModelLoadError(
                     f"manifest names {manifest.get('name')}/{manifest.get('version')}, folder is "

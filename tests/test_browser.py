@@ -6,6 +6,7 @@ Chromium comes from the system (``apt-get install chromium``), never from ``play
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from scripts import local_server
@@ -229,4 +231,36 @@ def test_touch_fashion_errors_and_phone_width(server: str, browser: Any, tmp_pat
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "page-phone-error.png"), full_page=True)
     assert [e for e in errors if "400" not in e] == []
+    page.close()
+
+
+def test_a_dropped_product_photo_is_classified_by_the_fashion_models_rule(
+    server: str, browser: Any, data_dir: Path
+) -> None:
+    from scripts.upload_accuracy import on_white_page
+    from training.datasets import load_dataset
+
+    test = load_dataset("fashion-mnist", data_dir, allow_download=False).test
+    boot = int(np.flatnonzero(test.labels == 9)[0])  # an ankle boot, dark on a white page, off-centre, JPEG
+    photo = on_white_page(test.images[boot], seed=boot)
+    api = httpx.post(f"{server}/classify?dataset=fashion-mnist", files={"file": ("boot.jpg", photo)}, timeout=30)
+    assert api.json()["predictions"][0]["class_name"] == "Ankle boot"
+
+    page, errors = open_page(browser, server)
+    page.select_option("#dataset", "fashion-mnist")
+    transfer = page.evaluate_handle(
+        """b64 => { const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                    const transfer = new DataTransfer();
+                    transfer.items.add(new File([bytes], "ankle-boot.jpg", { type: "image/jpeg" }));
+                    return transfer; }""",
+        base64.b64encode(photo).decode(),
+    )
+    page.dispatch_event("#input-panel", "drop", {"dataTransfer": transfer})
+    wait_done(page, "ankle-boot.jpg")
+    assert page.inner_text("#classify-result").startswith("Ankle boot ("), page.inner_text("#classify-result")
+    # the 28x28 input shown is the product pipeline's (no Fashion-MNIST model denoises: an MNIST one shows it)
+    product = f"{server}/denoise?dataset=mnist&noise_std=0&preprocess=product"
+    shown = httpx.post(product, files={"file": ("boot.jpg", photo)}, timeout=30)
+    assert canvas_ink(page, "#input28") == pytest.approx(np.mean(shown.json()["noisy"]) * 255, abs=1)
+    assert errors == []
     page.close()

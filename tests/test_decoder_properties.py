@@ -24,6 +24,7 @@ from PIL import Image
 from app.errors import ApiError
 from app.imaging import decode_image, mnist_style, plain_28
 from app.inputs import Limits, parse_json, parse_multipart, parse_npy, read_images
+from app.preprocess import PIPELINES, RULES, product_style
 
 LIMITS = Limits(max_body_bytes=2**20, max_batch=8, max_image_pixels=200_000)
 PROPERTY = settings(
@@ -245,6 +246,7 @@ def test_decode_image_then_preprocess(data):
     if grey is not None:
         grey_or_client_error(lambda: mnist_style(grey), side=28)
         grey_or_client_error(lambda: plain_28(grey), side=28)
+        grey_or_client_error(lambda: product_style(grey), side=28)
 
 
 @PROPERTY
@@ -264,13 +266,14 @@ def test_decode_image_of_any_bytes(data):
 def test_preprocessing_of_any_array(grey):
     grey_or_client_error(lambda: mnist_style(grey), side=28)
     grey_or_client_error(lambda: plain_28(grey), side=28)
+    grey_or_client_error(lambda: product_style(grey), side=28)
 
 
 @PROPERTY
 @given(hnp.arrays(np.float32, st.tuples(st.integers(1, 60), st.integers(1, 60)), elements=st.floats(0, 1, width=32)))
 def test_preprocessing_of_any_grey_image_succeeds(grey):
     """Within its domain (2-D, 0..1) preprocessing never refuses."""
-    for preprocess in (mnist_style, plain_28):
+    for preprocess in PIPELINES.values():
         out = preprocess(grey)
         assert out.shape == (28, 28) and out.dtype == np.float32
         assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
@@ -281,7 +284,7 @@ def test_preprocessing_of_any_grey_image_succeeds(grey):
 def test_parse_multipart_of_image_parts(parts, close):
     body = multipart_body(parts, close)
     content_type = f"multipart/form-data; boundary={BOUNDARY}"
-    for preprocess in (True, False):
+    for preprocess in RULES:
         batch_or_client_error(lambda p=preprocess: parse_multipart(content_type, body, LIMITS, p))
 
 
@@ -305,7 +308,7 @@ def test_parse_multipart_of_image_parts(parts, close):
             st.lists(st.tuples(st.just("file"), st.binary(max_size=100)), max_size=3),
         ),
     ),
-    st.booleans(),
+    st.sampled_from(RULES),
 )
 def test_read_images_of_any_body(content_type, body, preprocess):
     batch_or_client_error(lambda: read_images(content_type, body, LIMITS, preprocess))

@@ -68,10 +68,10 @@ async def test_a_process_pool_decodes_and_hands_back_its_errors():
     pool = DecodePool("process", 1, deadline=30)
     seven = np.zeros((28, 28), np.uint8)
     seven[5:8, 6:22], seven[8:24, 18:21] = 255, 255
-    images = await pool.run(decode_files, [png_bytes(seven)], LIMITS, True)
-    np.testing.assert_allclose(images, decode_files([png_bytes(seven)], LIMITS, True))
+    images = await pool.run(decode_files, [png_bytes(seven)], LIMITS, "mnist")
+    np.testing.assert_allclose(images, decode_files([png_bytes(seven)], LIMITS, "mnist"))
     with pytest.raises(ApiError) as info:
-        await pool.run(decode_files, [b"not an image"], LIMITS, True)
+        await pool.run(decode_files, [b"not an image"], LIMITS, "mnist")
     assert info.value.status == 400
     pool.close()
 
@@ -79,13 +79,13 @@ async def test_a_process_pool_decodes_and_hands_back_its_errors():
 def test_the_request_pixel_budget_is_read_from_the_headers():
     tight = Limits(2**20, 64, 16_000_000, max_request_pixels=20_000_000)
     with pytest.raises(ApiError) as info:
-        decode_files([blank_png16(4000), blank_png16(4000)], tight, True)
+        decode_files([blank_png16(4000), blank_png16(4000)], tight, "mnist")
     assert info.value.status == 413 and "32000000" in info.value.message
 
 
 def test_the_cpu_budget_stops_decoding_between_files():
     tight = Limits(2**20, 64, 16_000_000, max_request_pixels=10**9, decode_cpu_ms=1)
     with pytest.raises(ApiError) as info:
-        decode_files([blank_png16(2000)] * 8, tight, True)
+        decode_files([blank_png16(2000)] * 8, tight, "mnist")
     assert info.value.status == 413 and "AESERVE_DECODE_CPU_MS" in info.value.message
     assert "1 of 8 files" in info.value.message

@@ -64,6 +64,7 @@ def test_train_export_load_round_trip(name, slices, tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["name"] == name and manifest["version"] == 3
     assert manifest["endpoints"] == list(spec.endpoints)
+    assert manifest["preprocess"] == {"mnist": "mnist", "fashion-mnist": "product"}[spec.dataset]
     assert {k: out["dtype"] for k, out in manifest["outputs"].items()} == {k: v.dtype.name for k, v in after.items()}
     assert manifest["metrics"]["test"]["examples"] == 256
     for rel, digest in manifest["files"].items():

@@ -42,6 +42,9 @@ CLASS_NAMES = {
         "Ankle boot",
     ],
 }
+# The rule by which an uploaded image file is made to look like each dataset's images: the name of the
+# service's rule (app/preprocess.py), which an exported model's manifest records as "preprocess".
+PREPROCESS = {"mnist": "mnist", "fashion-mnist": "product"}
 SYSTEM_DIRS = {
     "mnist": [Path("/usr/share/datasets/mnist")],
     "fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")],

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from training import __version__
-from training.datasets import Dataset
+from training.datasets import PREPROCESS, Dataset
 from training.evaluate import error_quantiles, evaluate, load_saved_model
 from training.procedures import Context, Trained
 from training.tflite import write_tflite
@@ -154,6 +154,7 @@ def build_manifest(
         "name": spec.name,
         "version": version,
         "dataset": spec.dataset,
+        "preprocess": PREPROCESS[spec.dataset],
         "recipe": spec.recipe,
         "endpoints": list(spec.endpoints),
         "signature": SIGNATURE,

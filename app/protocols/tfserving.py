@@ -5,7 +5,7 @@
 ``predictions``) or ``inputs`` (columnar, answered with ``outputs``), as
 https://www.tensorflow.org/tfx/serving/api_rest describes them. Every output of the signature
 is computed, as TF Serving does. An instance may also be ``{"b64": "<image file>"}``: a PNG,
-JPEG, ... made 28x28 the way MNIST was, as the multipart uploads of the five endpoints are.
+JPEG, ... made 28x28 by the model's preprocessing rule, as the multipart uploads of the five endpoints are.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ async def _predict(request: Request, registry: Registry, name: str, version: str
     limits = request.app.state.limits
     rows, row = _rows(await read_json(request), limits)
     files = [r for r in rows if isinstance(r, bytes)]
-    decoded = await request.app.state.decoders.run(decode_files, files, limits, True) if files else None
+    decoded = await request.app.state.decoders.run(decode_files, files, limits, model.preprocess) if files else None
     images = _images(rows, decoded, limits, row)
     outputs = await model.run_outputs(images, tuple(sorted(model.output_names)))
     if row:

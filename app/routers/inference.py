@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from app.inference import ENDPOINTS, MAX_NOISE_STD, MAX_SEED, PREPROCESS
+from app.preprocess import DESCRIPTIONS
 from app.schemas import (
     ClassifyResponse,
     ClusterResponse,
@@ -30,8 +31,12 @@ NoiseStd = Annotated[
 ]
 Seed = Annotated[int | None, Query(ge=0, le=MAX_SEED, description="seed of that noise")]
 Preprocess = Annotated[
-    Literal[PREPROCESS],
-    Query(description="image files only: mnist (invert, crop, fit 20x20, centre by mass) or none (grey + resize)"),
+    Literal[PREPROCESS] | None,
+    Query(
+        description="image files only; default: the model's own rule, its manifest's preprocess (mnist for the "
+        "MNIST models, product for the Fashion-MNIST ones). "
+        + "; ".join(f"{name}: {text}" for name, text in DESCRIPTIONS.items())
+    ),
 ]
 
 _ZERO = [[0.0] * 28 for _ in range(28)]
@@ -88,7 +93,7 @@ def _docs(model, path: str) -> dict:
 
 @router.post("/encode", summary="Images to latent codes", **_docs(EncodeResponse, "/encode"))
 def encode(
-    dataset: Dataset = None, model: ModelName = None, version: Version = None, preprocess: Preprocess = "mnist"
+    dataset: Dataset = None, model: ModelName = None, version: Version = None, preprocess: Preprocess = None
 ) -> None:
     """The latent code of each image (`Accept: application/x-npy` for the float32 array)."""
 
@@ -97,7 +102,7 @@ def encode(
     "/reconstruct", summary="Images to reconstructions, with errors", **_docs(ReconstructResponse, "/reconstruct")
 )
 def reconstruct(
-    dataset: Dataset = None, model: ModelName = None, version: Version = None, preprocess: Preprocess = "mnist"
+    dataset: Dataset = None, model: ModelName = None, version: Version = None, preprocess: Preprocess = None
 ) -> None:
     """Each image decoded from its code, its mean squared error and whether that error is in distribution
     (at most the training set's 99th percentile). `Accept: image/png` gives the images (a grid for a batch)."""
@@ -108,7 +113,7 @@ def denoise(
     dataset: Dataset = None,
     model: ModelName = None,
     version: Version = None,
-    preprocess: Preprocess = "mnist",
+    preprocess: Preprocess = None,
     noise_std: NoiseStd = None,
     seed: Seed = None,
 ) -> None:
@@ -118,14 +123,14 @@ def denoise(
 
 @router.post("/classify", summary="Images to classes", **_docs(ClassifyResponse, "/classify"))
 def classify(
-    dataset: Dataset = None, model: ModelName = None, version: Version = None, preprocess: Preprocess = "mnist"
+    dataset: Dataset = None, model: ModelName = None, version: Version = None, preprocess: Preprocess = None
 ) -> None:
     """The class of each image, its name, the confidence and every class's probability."""
 
 
 @router.post("/cluster", summary="Images to clusters", **_docs(ClusterResponse, "/cluster"))
 def cluster(
-    dataset: Dataset = None, model: ModelName = None, version: Version = None, preprocess: Preprocess = "mnist"
+    dataset: Dataset = None, model: ModelName = None, version: Version = None, preprocess: Preprocess = None
 ) -> None:
     """The cluster of each image: the distances to every KMeans centre (KMeans models) or every cluster's
     probability (mixture and SCAN models), and the cluster's label hint (its majority training label, for

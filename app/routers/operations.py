@@ -50,6 +50,7 @@ def describe(registry: Registry, name: str) -> dict:
     entry["metrics"] = manifest.get("metrics", {}).get("test", {})
     entry["architecture"] = manifest.get("architecture", {}).get("description")
     entry["parameters"] = manifest.get("architecture", {}).get("parameters")
+    entry["preprocess"] = loaded.preprocess  # the rule its uploaded image files get by default
     if "in_distribution" in manifest:
         entry["in_distribution"] = {
             k: manifest["in_distribution"][k] for k in ("threshold", "threshold_quantile", "test_false_positive_rate")

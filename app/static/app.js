@@ -1,6 +1,6 @@
 // The aeserve web page: draw or drop an image, send it to the five endpoints, show what they answer.
 // Plain ES module, no dependencies. The drawing (or the chosen file) is sent as a multipart upload, so
-// the service's MNIST-style preprocessing (invert, crop, fit 20x20, centre by mass) applies to it.
+// the service prepares it by the model's own rule (MNIST's digit pipeline, Fashion-MNIST's product one).
 // The denoising panel needs the 28x28 input itself: /denoise?noise_std=0 returns it as "noisy"
 // (the preprocessed input plus zero noise); the page adds its own Gaussian noise to it and sends JSON.
 
@@ -263,8 +263,11 @@ async function runReconstruct() {
   showError("reconstruct", null);
 }
 
+/** The preprocessing rule of the selected dataset's models (GET /models gives each model's). */
+const datasetRule = () => state.models.find((m) => m.dataset === dataset())?.preprocess;
+
 /** The 28x28 input as the service preprocessed it, from /denoise?noise_std=0 (its "noisy" output). Uses the
- * dataset's denoiser, or any denoiser when the dataset has none: preprocessing does not depend on the model. */
+ * dataset's denoiser, or any denoiser when the dataset has none, told the dataset's preprocessing rule. */
 async function runDenoise() {
   const own = modelFor("denoise");
   const anyDenoiser = state.models.find((m) => (m.endpoints ?? []).includes("denoise"));
@@ -274,7 +277,10 @@ async function runDenoise() {
     blank($("input28"));
     return undefined;
   }
-  const path = own ? query("denoise", { noise_std: "0" }) : `/denoise?model=${encodeURIComponent(anyDenoiser.name)}&noise_std=0`;
+  const rule = datasetRule() ? `&preprocess=${encodeURIComponent(datasetRule())}` : "";
+  const path = own
+    ? query("denoise", { noise_std: "0" })
+    : `/denoise?model=${encodeURIComponent(anyDenoiser.name)}&noise_std=0${rule}`;
   const body = await api(path, upload(), begin("denoise"));
   state.base = flat(body.noisy[0]);
   drawGrey($("input28"), state.base);
