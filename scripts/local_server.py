@@ -32,9 +32,13 @@ def start(
 ) -> tuple[subprocess.Popen, str, float]:
     """Run ``uvicorn target`` (through ``app.serve``, as ``make serve`` does); wait for ``GET /readyz`` to answer 200.
 
-    Returns the process, its base URL and the seconds from start to ready.
+    Returns the process, its base URL and the seconds from start to ready. The gRPC service listens on
+    a free port too, unless ``env`` names one in ``AESERVE_GRPC_PORT`` (0: none).
     """
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
+    while grpc_port == port:
+        grpc_port = free_port()
+    env = {"AESERVE_GRPC_PORT": str(grpc_port)} | (env or {})
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "app.serve", target, "--host", "127.0.0.1", "--port", str(port), *uvicorn_args],

@@ -189,7 +189,7 @@ async def test_v2_health_and_metadata(client, committed_app):
     assert (await client.get("/v2/health/live")).json() == {"live": True}
     assert (await client.get("/v2/health/ready")).status_code == 200
     server = (await client.get("/v2")).json()
-    assert server["name"] == "aeserve" and server["extensions"] == []
+    assert server["name"] == "aeserve" and server["extensions"] == ["binary_tensor_data"]
     for path in (f"/v2/models/{MODEL}/ready", f"/v2/models/{MODEL}/versions/1/ready"):
         assert (await client.get(path)).json() == {"name": MODEL, "ready": True}
     metadata = (await client.get("/v2/models/mnist-conv")).json()
