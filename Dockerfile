@@ -46,9 +46,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     AESERVE_MODELS_DIR=/srv/aeserve/models \
     WEB_CONCURRENCY=1 \
-    UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=20
+    UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=20 \
+    AESERVE_GRPC_HOST=0.0.0.0
 USER 10001:10001
-EXPOSE 8000
+# 8000: HTTP (REST); 8081: the Open Inference Protocol over gRPC (AESERVE_GRPC_PORT)
+EXPOSE 8000 8081
 # Liveness: the process answers. Readiness (models verified, loaded, warmed) is GET /readyz.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]

@@ -10,9 +10,12 @@ export AESERVE_DATA_DIR := $(DATA_DIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # After SIGTERM (Ctrl-C) uvicorn stops accepting and lets requests in flight finish for up to this many seconds.
 export UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN ?= 20
+# The Open Inference Protocol's gRPC service (AESERVE_GRPC_PORT, 8081) listens where uvicorn does.
+export AESERVE_GRPC_HOST ?= $(HOST)
 
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
+PROTO := app/protocols/oip/grpc_predict_v2.proto
 
 .PHONY: help install serve test lint format train evaluate report examples bench clean
 
@@ -68,6 +71,11 @@ examples: $(DEV)
 bench: $(RUNTIME)
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python benchmarks/run.py
+
+# The gRPC stubs in app/protocols/oip/, generated from the .proto beside them (tests check they match it).
+.PHONY: grpc-stubs
+grpc-stubs: $(DEV)
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -56,6 +56,19 @@ def infer_request(images: np.ndarray, model: str, outputs: tuple[str, ...] = ())
     return request
 
 
+def test_committed_stubs_are_generated_from_their_proto(tmp_path):
+    """``make grpc-stubs`` (grpcio-tools of the dev extra) makes the committed stubs byte for byte."""
+    oip = Path("app", "protocols", "oip")
+    outputs = [f"--{kind}_out={tmp_path}" for kind in ("python", "pyi", "grpc_python")]
+    protoc = [sys.executable, "-m", "grpc_tools.protoc", "-I", ".", *outputs, str(oip / "grpc_predict_v2.proto")]
+    done = subprocess.run(protoc, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    generated = sorted((tmp_path / oip).iterdir())
+    assert [path.name for path in generated] == sorted(p.name for p in (ROOT / oip).glob("grpc_predict_v2_pb2*"))
+    for path in generated:
+        assert path.read_bytes() == (ROOT / oip / path.name).read_bytes(), f"{path.name}: run make grpc-stubs"
+
+
 @pytest.fixture(scope="module")
 def digits() -> np.ndarray:
     """The committed example digits (0, 1 and 7) as a float32 batch in 0..1."""
