@@ -212,6 +212,7 @@ def main() -> None:
     )
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--only", choices=list(SERVERS), action="append", help="run only these servers")
+    parser.add_argument("--load", action="append", metavar="NAME", help="run only these loads (the table's names)")
     parser.add_argument(
         "--env",
         action="append",
@@ -237,7 +238,7 @@ def main() -> None:
         )
         try:
             for name, load in plan.items():
-                if server not in load.servers:
+                if server not in load.servers or (args.load and name not in args.load):
                     continue
                 if load.grpc:
                     address = f"127.0.0.1:{grpc_port}"
