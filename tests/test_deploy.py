@@ -1,7 +1,7 @@
 """The container and Kubernetes deployment, checked without a Docker daemon or a cluster.
 
 - Dockerfile: hadolint (every rule, down to style) and what the image promises: one install path
-  (`make install`, the target `make serve` depends on), non-root, EXPOSE 8000 (and gRPC's 8081), a HEALTHCHECK on /healthz.
+  (`make install`, the target `make serve` depends on), non-root, EXPOSE 8000 and 8081, a HEALTHCHECK on /healthz.
 - .dockerignore: what the Dockerfile copies stays in the build context; environments, VCS data, caches out.
 - compose.yaml and every manifest: each AESERVE_* variable is a real setting with a valid value.
 - deploy/k8s/*.yaml: kubernetes-validate, strict (unknown fields rejected), plus what a schema cannot see:

@@ -97,8 +97,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         except ApiError as exc:
             status = exc.status
             await context.abort(CODES.get(exc.status, grpc.StatusCode.UNKNOWN), exc.message)
-        except grpc.aio.AbortError:
-            raise
         except Exception:
             status = 500
             log.exception("unhandled error on gRPC %s", method)
