@@ -54,9 +54,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     AESERVE_MODELS_DIR=/srv/aeserve/models \
     AESERVE_RUNTIME=litert \
     WEB_CONCURRENCY=1 \
-    UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=8
+    UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=8 \
+    AESERVE_GRPC_HOST=0.0.0.0
 USER 10001:10001
-EXPOSE 8000
+# 8000: HTTP (REST); 8081: the Open Inference Protocol over gRPC (AESERVE_GRPC_PORT)
+EXPOSE 8000 8081
 # Healthy means ready (GET /readyz: models verified, loaded and warmed up): an image that can never
 # serve (a model that fails to load, AESERVE_RUNTIME=tensorflow without TensorFlow) turns unhealthy.
 # Liveness alone is GET /healthz (Kubernetes probes both, deploy/k8s/).

@@ -12,9 +12,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN ?= 20
 # The one place the version is written: pyproject.toml (the package reads it back with importlib.metadata).
 VERSION = $(shell $(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+# The Open Inference Protocol's gRPC service (AESERVE_GRPC_PORT, 8081) listens where uvicorn does.
+export AESERVE_GRPC_HOST ?= $(HOST)
 
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
+PROTO := app/protocols/oip/grpc_predict_v2.proto
 
 .PHONY: help install serve image test lint format train evaluate report examples bench clean
 
@@ -74,6 +77,11 @@ examples: $(DEV)
 bench: $(RUNTIME)
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python benchmarks/run.py
+
+# The gRPC stubs in app/protocols/oip/, generated from the .proto beside them (tests check they match it).
+.PHONY: grpc-stubs
+grpc-stubs: $(DEV)
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info dist

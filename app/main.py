@@ -93,10 +93,18 @@ def create_app(settings: Settings | None = None) -> Service:
                 f"AESERVE_MODELS_DIR={settings.models_dir} holds no <name>/<version>/ models "
                 "and AESERVE_REQUIRE_MODELS is set"
             )
+        grpc_server = None
+        if settings.grpc_port:
+            # imported here: its protobuf messages enter protobuf's process-wide pool only when served
+            from app.protocols import grpc_v2
+
+            grpc_server = await grpc_v2.start(app)
         loading = asyncio.get_running_loop().run_in_executor(None, registry.load_all)
         if worker is not None:
             loading.add_done_callback(lambda _: worker.mark_ready(registry.ready))
         yield
+        if grpc_server is not None:
+            await grpc_server.stop(settings.grpc_shutdown_grace_s)
         await loading
         if worker is not None:
             worker.mark_ready(False)

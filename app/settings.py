@@ -136,3 +136,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return EARLIER_ACCESS_LOG.get(value.strip().lower(), value)
         return value
+
+    # The Open Inference Protocol over gRPC (app/protocols/grpc_v2.py), beside the HTTP server in the same process.
+    grpc_port: int = Field(
+        8081, ge=0, le=65535, description="port of the Open Inference Protocol's gRPC service (KServe's); 0: none"
+    )
+    grpc_host: str = Field(
+        "127.0.0.1", description="address the gRPC service listens on (the image sets 0.0.0.0, as uvicorn's --host)"
+    )
+    grpc_shutdown_grace_s: float = Field(
+        10.0, ge=0, description="after SIGTERM, once HTTP has drained, how long gRPC calls in flight may still finish"
+    )

@@ -4,11 +4,17 @@ Starts each server in turn on loopback (uvicorn, one worker, the same flags), dr
 with wrk (1 thread, 8 connections) for the same three loads, and prints one table:
 requests/s, p50, p99, ratio to the ceiling and to the naive app; start-to-ready time and
 RSS per worker. Run with ``make bench`` (installs Debian's wrk when missing).
+
+The service's batch of 1024 images also goes through the Open Inference Protocol: V2 REST with
+JSON tensors, V2 REST with the binary tensor data extension, and gRPC (8 concurrent calls on one
+channel from a grpc.aio client in this process, since wrk speaks no HTTP/2), each asking for the
+codes alone, as ``/encode`` answers them.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import json
 import re
@@ -16,7 +22,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +44,7 @@ SERVERS = {
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "{content_type}"
 wrk.headers["Accept"] = "{accept}"
+{headers}
 local f = io.open("{body}", "rb")
 wrk.body = f:read("*all")
 f:close()
@@ -52,6 +61,8 @@ class Load:
     images: int
     accept: str = "application/json"
     servers: tuple[str, ...] = tuple(SERVERS)
+    headers: tuple[tuple[str, str], ...] = ()
+    grpc: bool = False  # path names the model; body is a serialised ModelInferRequest
 
 
 def loads(folder: Path) -> dict[str, Load]:
@@ -77,6 +88,7 @@ def loads(folder: Path) -> dict[str, Load]:
     batch_json.write_text(json.dumps({"images": (batch / 255.0).round(3).tolist()}))
     ceiling, naive, ours = SERVERS
     encode = "/encode?model=mnist-stacked"
+    v2, v2_headers = protocol_bodies(folder, batch)
     return {
         "JSON /encode, 1 image": Load(encode, "application/json", one, 1),
         "PNG upload /classify": Load(
@@ -84,10 +96,36 @@ def loads(folder: Path) -> dict[str, Load]:
         ),
         "npy /encode, 1024 images": Load(encode, "application/x-npy", npy, 1024, NPY, (ceiling, ours)),
         BATCH_JSON: Load(encode, "application/json", batch_json, 1024, servers=(naive,)),
-        "npy /encode, 1024 images, the default model": Load(
-            "/encode", "application/x-npy", npy, 1024, NPY, (ours,)
+        "npy /encode, 1024 images, the default model": Load("/encode", "application/x-npy", npy, 1024, NPY, (ours,)),
+        "V2 JSON /infer, 1024 images": Load(V2_INFER, "application/json", v2["json"], 1024, servers=(ours,)),
+        "V2 binary /infer, 1024 images": Load(
+            V2_INFER, "application/octet-stream", v2["binary"], 1024, servers=(ours,), headers=v2_headers
         ),
+        "gRPC ModelInfer, 1024 images": Load("mnist-stacked", "", v2["grpc"], 1024, servers=(ours,), grpc=True),
     }
+
+
+V2_INFER = "/v2/models/mnist-stacked/infer"
+
+
+def protocol_bodies(folder: Path, batch: np.ndarray) -> tuple[dict[str, Path], tuple[tuple[str, str], ...]]:
+    """The batch as Open Inference Protocol requests for the codes: JSON tensors, JSON head and binary
+    tensor, and a gRPC ModelInferRequest (uint8 pixels in each, as the .npy load sends them)."""
+    from app.protocols.oip import grpc_predict_v2_pb2 as pb
+
+    tensor = {"name": "images", "shape": list(batch.shape), "datatype": "UINT8"}
+    outputs = [{"name": "codes"}]
+    bodies = {"json": folder / "v2.json", "binary": folder / "v2.bin", "grpc": folder / "v2.grpc"}
+    bodies["json"].write_text(json.dumps({"inputs": [tensor | {"data": batch.ravel().tolist()}], "outputs": outputs}))
+    binary_tensor = tensor | {"parameters": {"binary_data_size": batch.nbytes}}
+    binary_outputs = [{"name": "codes", "parameters": {"binary_data": True}}]
+    head = json.dumps({"inputs": [binary_tensor], "outputs": binary_outputs}).encode()
+    bodies["binary"].write_bytes(head + batch.tobytes())
+    request = pb.ModelInferRequest(model_name="mnist-stacked", raw_input_contents=[batch.tobytes()])
+    request.inputs.add(name="images", datatype="UINT8", shape=batch.shape)
+    request.outputs.add(name="codes")
+    bodies["grpc"].write_bytes(request.SerializeToString())
+    return bodies, (("Inference-Header-Content-Length", str(len(head))),)
 
 
 def rss_mb(pid: int) -> float:
@@ -104,7 +142,8 @@ def to_ms(text: str) -> float:
 
 def wrk(base: str, load: Load, seconds: int, connections: int, folder: Path) -> dict:
     script = folder / f"{load.body.stem}-{abs(hash(load))}.lua"
-    script.write_text(LUA.format(content_type=load.content_type, accept=load.accept, body=load.body))
+    headers = "\n".join(f'wrk.headers["{key}"] = "{value}"' for key, value in load.headers)
+    script.write_text(LUA.format(content_type=load.content_type, accept=load.accept, body=load.body, headers=headers))
     out = subprocess.run(
         [
             "wrk",
@@ -132,6 +171,39 @@ def wrk(base: str, load: Load, seconds: int, connections: int, folder: Path) -> 
     }
 
 
+def grpc_load(address: str, load: Load, seconds: int, connections: int) -> dict:
+    """wrk's figures for gRPC: ``connections`` calls in flight on one channel for ``seconds``, the
+    request's bytes sent as they are (no protobuf work in the client)."""
+    import grpc
+
+    body = load.body.read_bytes()
+
+    async def drive() -> dict:
+        latencies: list[float] = []
+        errors = 0
+        async with grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", -1)]) as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            deadline = time.perf_counter() + seconds
+
+            async def client() -> None:
+                nonlocal errors
+                while time.perf_counter() < deadline:
+                    started = time.perf_counter()
+                    try:
+                        await call(body, timeout=30)
+                    except grpc.aio.AioRpcError:
+                        errors += 1
+                    latencies.append(time.perf_counter() - started)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(client() for _ in range(connections)))
+            elapsed = time.perf_counter() - started
+        p50, p99 = np.percentile(latencies, [50, 99]) * 1000 if latencies else (0.0, 0.0)
+        return {"rps": len(latencies) / elapsed, "p50": float(p50), "p99": float(p99), "errors": errors}
+
+    return asyncio.run(drive())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10, help="measured seconds per load")
@@ -140,6 +212,7 @@ def main() -> None:
     )
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--only", choices=list(SERVERS), action="append", help="run only these servers")
+    parser.add_argument("--load", action="append", metavar="NAME", help="run only these loads (the table's names)")
     parser.add_argument(
         "--env",
         action="append",
@@ -158,17 +231,23 @@ def main() -> None:
     for server, target in SERVERS.items():
         if args.only and server not in args.only:
             continue
-        env = service_env if target == "app.main:app" else {}
+        grpc_port = local_server.free_port()
+        env = (service_env | {"AESERVE_GRPC_PORT": str(grpc_port)}) if target == "app.main:app" else {}
         process, base, ready = local_server.start(
             target, "--workers", "1", "--no-access-log", "--log-level", "warning", env=env
         )
         try:
             for name, load in plan.items():
-                if server not in load.servers:
+                if server not in load.servers or (args.load and name not in args.load):
                     continue
+                if load.grpc:
+                    address = f"127.0.0.1:{grpc_port}"
+                    measure = partial(grpc_load, address, load, connections=args.connections)
+                else:
+                    measure = partial(wrk, base, load, connections=args.connections, folder=folder)
                 if args.warmup:
-                    wrk(base, load, args.warmup, args.connections, folder)
-                results.setdefault(name, {})[server] = wrk(base, load, args.seconds, args.connections, folder)
+                    measure(seconds=args.warmup)
+                results.setdefault(name, {})[server] = measure(seconds=args.seconds)
                 print(f"{server:24} {name:46} {results[name][server]}", file=sys.stderr, flush=True)
             startup[server] = (ready, rss_mb(process.pid))
         finally:

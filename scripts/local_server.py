@@ -31,8 +31,12 @@ def launch(
     cwd: Path = ROOT,
 ) -> tuple[subprocess.Popen, str]:
     """Run ``uvicorn target`` (through ``app.serve``, as ``make serve`` does) in ``cwd``; return the process and
-    its base URL."""
-    port = free_port()
+    its base URL. The gRPC service listens on a free port too, unless ``env`` names one in
+    ``AESERVE_GRPC_PORT`` (0: none)."""
+    port, grpc_port = free_port(), free_port()
+    while grpc_port == port:
+        grpc_port = free_port()
+    env = {"AESERVE_GRPC_PORT": str(grpc_port)} | (env or {})
     process = subprocess.Popen(
         [sys.executable, "-m", "app.serve", target, "--host", "127.0.0.1", "--port", str(port), *uvicorn_args],
         cwd=cwd,

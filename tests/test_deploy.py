@@ -1,7 +1,7 @@
 """The container and Kubernetes deployment, checked without a Docker daemon or a cluster.
 
 - Dockerfile: hadolint (every rule, down to style) and what the image promises: one install path
-  (`make install`, the target `make serve` depends on), non-root, EXPOSE 8000, a HEALTHCHECK on /readyz,
+  (`make install`, the target `make serve` depends on), non-root, EXPOSE 8000 and 8081, a HEALTHCHECK on /readyz,
   the runtime fixed, a stop grace inside `docker stop`'s default, no `# syntax` line (an offline build
   cannot fetch a frontend image).
 - .dockerignore: what the Dockerfile copies stays in the build context; environments, VCS data, caches out.
@@ -153,7 +153,8 @@ def test_the_image_runs_as_non_root_on_port_8000_with_a_healthcheck():
     uid, _, gid = user.partition(":")
     # numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd
     assert uid.isdigit() and int(uid) > 0 and gid.isdigit() and int(gid) > 0
-    assert instruction_args(RUNTIME, "EXPOSE") == ["8000"]
+    assert instruction_args(RUNTIME, "EXPOSE") == ["8000 8081"]  # HTTP, and gRPC on all interfaces
+    assert env_of(RUNTIME)["AESERVE_GRPC_HOST"] == "0.0.0.0"
     cmd = exec_form(instruction_args(RUNTIME, "CMD")[0])
     assert cmd[3:8] == ["app.main:app", "--host", "0.0.0.0", "--port", "8000"]
     assert "--workers" not in cmd, "workers come from WEB_CONCURRENCY, an environment variable"
@@ -263,7 +264,7 @@ def test_compose_runs_the_image_on_port_8000_with_a_readiness_healthcheck():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     (service,) = compose["services"].values()
     assert service["build"] == "." and service["image"] == IMAGE
-    assert service["ports"] == ["8000:8000"]
+    assert service["ports"] == ["8000:8000", "8081:8081"]
     test = service["healthcheck"]["test"]
     assert test[:3] == ["CMD", "python", "-c"] and "http://127.0.0.1:8000/readyz" in test[3]
     env, from_shell_only = {}, []
@@ -276,9 +277,9 @@ def test_compose_runs_the_image_on_port_8000_with_a_readiness_healthcheck():
         env[name] = match[2]
     assert env["WEB_CONCURRENCY"] == "1"
     check_settings(env, "compose.yaml", defaults=True)
-    # every setting reaches the container, but the two the image fixes (its baked models, LiteRT)
+    # every setting reaches the container, but the three the image fixes (its baked models, LiteRT, gRPC's host)
     passed = {name.removeprefix("AESERVE_").lower() for name in [*env, *from_shell_only] if name.startswith("AESERVE_")}
-    assert passed == set(Settings.model_fields) - {"models_dir", "runtime"}
+    assert passed == set(Settings.model_fields) - {"models_dir", "runtime", "grpc_host"}
     # those without a fallback are the settings whose default is "none": an empty value would not mean that
     assert sorted(from_shell_only) == ["AESERVE_API_KEY", "AESERVE_CORS_ORIGINS"]
     assert Settings().api_key is None and Settings().cors_origins == []
@@ -324,8 +325,11 @@ def test_manifests_agree_with_each_other_and_with_the_image():
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     main = container(deployment)
     assert main["image"] == IMAGE
-    (port,) = main["ports"]
+    port, grpc_port = main["ports"]
     assert port["containerPort"] == 8000 and service["spec"]["ports"][0]["targetPort"] == port["name"]
+    assert grpc_port["containerPort"] == Settings.model_fields["grpc_port"].default == 8081
+    (grpc_service,) = (p for p in service["spec"]["ports"] if p["targetPort"] == grpc_port["name"])
+    assert grpc_service["appProtocol"] == "kubernetes.io/h2c"
     assert main["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert main["livenessProbe"]["httpGet"]["path"] == "/healthz"
     startup = main["startupProbe"]
@@ -358,7 +362,7 @@ def test_kserve_inference_service_uses_v2_and_this_image():
     assert "v2" in runtime["spec"]["protocolVersions"]
     (server,) = runtime["spec"]["containers"]
     assert server["name"] == "kserve-container" and server["image"] == IMAGE
-    assert [p["containerPort"] for p in server["ports"]] == [8000]
+    assert [(p["name"], p["containerPort"]) for p in server["ports"]] == [("http", 8000), ("h2c", 8081)]
     # KServe's containers are core Containers: validate this one strictly inside a Pod
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "aeserve"}, "spec": {"containers": [server]}}
     kubernetes_validate.validate(pod, K8S_VERSIONS[-1], strict=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import struct
 import tempfile
 import zlib
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import orjson
@@ -84,6 +86,24 @@ def flat(value: object, count: int = 1) -> dict:
 def deep_json(before: bytes, depth: int, after: bytes = b"}") -> Request:
     """A JSON body with a list nested ``depth`` deep between ``before`` and ``after``."""
     return raw(before + b"[" * depth + b"0" + b"]" * depth + after, JSON_T)
+
+
+def binary(inputs: list[dict], data: bytes, length: int | str | None = None, **head: object) -> Request:
+    """A V2 request in the binary tensor data extension's form: a JSON head of ``inputs`` (and ``head``),
+    then ``data``; ``Inference-Header-Content-Length`` is the head's length unless ``length`` says otherwise
+    (``None``: the header's own length, ``""``: no header)."""
+    json_head = json.dumps({"inputs": inputs, **head}).encode()  # json: orjson has no integers beyond 64 bits
+    size = len(json_head) if length is None else length
+    headers = {"content-type": "application/octet-stream"}
+    if size != "":
+        headers["inference-header-content-length"] = str(size)
+    return {"content": json_head + data, "headers": headers}
+
+
+def tensor(size: object = 3136, datatype: str = "FP32", shape: object = (1, 784), **more: object) -> dict:
+    """A V2 input tensor whose data is binary, of ``size`` bytes."""
+    parameters = {"binary_data_size": size}
+    return {"name": "images", "shape": list(shape), "datatype": datatype, "parameters": parameters} | more
 
 
 def with_query(request: Request, **params: str) -> Request:
@@ -476,6 +496,94 @@ CASES = [
         400,
         says("datatype"),
     ),
+    # --- V2's binary tensor data extension: every size checked against the body and the limits first
+    Case("v2-binary-size-beyond-the-body", V2 + "/infer", lambda: binary([tensor()], bytes(100)), 400, says("3136")),
+    Case("v2-binary-bytes-left-over", V2 + "/infer", lambda: binary([tensor()], bytes(4000)), 400, says("4000")),
+    Case(
+        "v2-binary-without-the-header",
+        V2 + "/infer",
+        lambda: binary([tensor()], bytes(3136), length=""),
+        400,
+        says("Inference-Header-Content-Length"),
+    ),
+    Case(
+        "v2-binary-header-beyond-the-body",
+        V2 + "/infer",
+        lambda: binary([tensor()], bytes(3136), length=10**9),
+        400,
+        says("Inference-Header-Content-Length", "1000000000"),
+    ),
+    Case("v2-binary-header-zero", V2 + "/infer", lambda: binary([tensor()], bytes(3136), length=0), 400),
+    Case("v2-binary-header-negative", V2 + "/infer", lambda: binary([tensor()], bytes(3136), length=-5), 400),
+    Case("v2-binary-header-not-a-number", V2 + "/infer", lambda: binary([tensor()], bytes(3136), length="0x40"), 400),
+    Case(
+        "v2-binary-header-cuts-the-json",
+        V2 + "/infer",
+        lambda: binary([tensor()], bytes(3136), length=20),
+        400,
+        says("not valid JSON"),
+    ),
+    Case(
+        "v2-binary-size-of-uint8-for-fp32",
+        V2 + "/infer",
+        lambda: binary([tensor(784)], bytes(784)),
+        400,
+        says("784 bytes", "needs 3136"),
+    ),
+    Case("v2-binary-fp16-odd-bytes", V2 + "/infer", lambda: binary([tensor(1567, "FP16")], bytes(1567)), 400),
+    Case("v2-binary-size-negative", V2 + "/infer", lambda: binary([tensor(-3136)], bytes(3136)), 400, says("-3136")),
+    Case("v2-binary-size-a-string", V2 + "/infer", lambda: binary([tensor("3136")], bytes(3136)), 400),
+    Case("v2-binary-size-true", V2 + "/infer", lambda: binary([tensor(True)], b"\0"), 400, says("byte count")),
+    Case("v2-binary-size-2-to-the-70", V2 + "/infer", lambda: binary([tensor(2**70)], bytes(3136)), 400),
+    Case(
+        "v2-binary-shape-of-a-trillion-images",
+        V2 + "/infer",
+        lambda: binary([tensor(3136 * 10**12, shape=(10**12, 784))], bytes(3136)),
+        413,
+        says("1024"),
+    ),
+    Case("v2-binary-and-data", V2 + "/infer", lambda: binary([tensor(data=ZERO)], bytes(3136)), 400, says("both")),
+    Case(
+        "v2-binary-nan",
+        V2 + "/infer",
+        lambda: binary([tensor()], np.full(784, np.nan, "<f4").tobytes()),
+        422,
+        says("NaN"),
+    ),
+    Case(
+        "v2-binary-over-range",
+        V2 + "/infer",
+        lambda: binary([tensor()], np.full(784, 2.0, "<f4").tobytes()),
+        422,
+        says("0..1"),
+    ),
+    Case(
+        "v2-binary-rank-71",
+        V2 + "/infer",
+        lambda: binary([tensor(shape=[1] * 70 + [784])], bytes(3136)),
+        422,
+        says("71 dimensions"),
+    ),
+    Case(
+        "v2-bytes-after-json-data",
+        V2 + "/infer",
+        lambda: binary([{"name": "images", "shape": [1, 784], "datatype": "FP32", "data": ZERO}], bytes(8)),
+        400,
+        says("binary_data_size"),
+    ),
+    Case(
+        "v2-binary-output-flag-a-string",
+        V2 + "/infer",
+        lambda: binary([tensor()], bytes(3136), outputs=[{"name": "codes", "parameters": {"binary_data": "yes"}}]),
+        400,
+        says("binary_data"),
+    ),
+    Case(
+        "v2-binary-uint8-serves",
+        V2 + "/infer",
+        lambda: binary([tensor(784, "UINT8", (1, 28, 28))], bytes(784), outputs=[{"name": "cluster"}]),
+        200,
+    ),
     Case(
         "v2-shape-of-rank-71",
         V2 + "/infer",
@@ -525,11 +633,16 @@ async def test_in_process_app_still_serves_after_the_table(client):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[tuple[object, str]]:
-    """One uvicorn process with the default settings, for the whole module."""
+def grpc_port() -> int:
+    return local_server.free_port()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, grpc_port) -> Iterator[tuple[object, str]]:
+    """One uvicorn process with the default settings (its gRPC service on ``grpc_port``), for the whole module."""
     log_path = tmp_path_factory.mktemp("hostile") / "uvicorn.log"
     with log_path.open("w") as log:
-        process, base, _ = local_server.start("app.main:app", log=log)
+        process, base, _ = local_server.start("app.main:app", log=log, env={"AESERVE_GRPC_PORT": str(grpc_port)})
         try:
             yield process, base
         finally:
@@ -591,3 +704,102 @@ def test_real_server_still_serves_after_the_table(server):
         assert http.get("/readyz").status_code == 200
     assert process.poll() is None, "the server process died"
     assert not UNPICKLED_MARKER.exists()
+
+
+# ---------------------------------------------------------------- gRPC (the same real server's gRPC service)
+
+
+def grpc_stubs():
+    """The server's own stubs, imported only here (their protobuf names are process-wide)."""
+    from app.protocols.oip import grpc_predict_v2_pb2 as pb
+    from app.protocols.oip import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    return pb, pb_grpc
+
+
+def infer(raw: list[bytes] | None = None, model: str = "mnist-conv", inputs: int = 1, **tensor: object):
+    """A ModelInferRequest of ``inputs`` tensors (``tensor`` changes the first) and ``raw`` contents."""
+    pb, _ = grpc_stubs()
+    request = pb.ModelInferRequest(model_name=model, raw_input_contents=[bytes(3136)] if raw is None else raw)
+    for _ in range(inputs):
+        request.inputs.add(name="images", datatype="FP32", shape=[1, 784])
+    for key, value in tensor.items():
+        if key == "contents":
+            request.inputs[0].contents.CopyFrom(pb.InferTensorContents(**value))
+        elif key == "shape":
+            del request.inputs[0].shape[:]
+            request.inputs[0].shape.extend(value)
+        else:
+            setattr(request.inputs[0], key, value)
+    return request
+
+
+def with_outputs(request, *names: str):
+    for name in names:
+        request.outputs.add(name=name)
+    return request
+
+
+INVALID, NOT_FOUND, TOO_BIG = "INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED"
+GRPC_CASES = {
+    "unknown-model": (lambda: infer(model="resnet"), NOT_FOUND, "unknown model"),
+    "version-not-a-number": (lambda: _versioned("abc"), NOT_FOUND, "whole numbers"),
+    "two-inputs": (lambda: infer([bytes(3136)] * 2, inputs=2), INVALID, "one input"),
+    "raw-too-short": (lambda: infer([bytes(3135)]), INVALID, "needs 3136"),
+    "raw-too-long": (lambda: infer([bytes(3137)]), INVALID, "needs 3136"),
+    "two-raw-entries": (lambda: infer([bytes(3136)] * 2), INVALID, "2 entries"),
+    "raw-and-contents": (lambda: infer(contents={"fp32_contents": [0.0] * 784}), INVALID, "both"),
+    "fp16-without-raw": (lambda: infer([], datatype="FP16"), INVALID, "raw_input_contents"),
+    "bytes-datatype": (lambda: infer(datatype="BYTES"), INVALID, "BYTES"),
+    "negative-dimension": (lambda: infer(shape=[-1, 784]), INVALID, "non-negative"),
+    "trillion-images": (lambda: infer(shape=[10**12, 784]), TOO_BIG, "1024"),
+    "not-an-image-shape": (lambda: infer([bytes(3136)], shape=[2, 392]), INVALID, "expected"),
+    "nan": (lambda: infer([np.full(784, np.nan, "<f4").tobytes()]), INVALID, "NaN"),
+    "contents-over-range": (lambda: infer([], contents={"fp32_contents": [2.0] * 784}), INVALID, "0..1"),
+    "contents-too-few": (lambda: infer([], contents={"fp32_contents": [0.0] * 783}), INVALID, "783"),
+    "contents-in-another-field": (lambda: infer([], contents={"int_contents": [0] * 784}), INVALID, "0 values"),
+    "unknown-output": (lambda: with_outputs(infer(), "logits"), INVALID, "logits"),
+}
+
+
+def _versioned(version: str):
+    request = infer()
+    request.model_version = version
+    return request
+
+
+@pytest.fixture(scope="module")
+def grpc_stub(server, grpc_port):
+    _, pb_grpc = grpc_stubs()
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(GRPC_CASES))
+def test_hostile_grpc_message(server, grpc_stub, case):
+    build, code, words = GRPC_CASES[case]
+    with pytest.raises(grpc.RpcError) as refused:
+        grpc_stub.ModelInfer(build(), timeout=60)
+    assert refused.value.code().name == code, refused.value.details()
+    assert words in refused.value.details()
+    for leak in FORBIDDEN_IN_ERRORS:
+        assert leak not in refused.value.details()
+    assert server[0].poll() is None, "the server process died"
+
+
+@pytest.mark.slow
+def test_grpc_message_over_the_body_limit_and_garbage_then_it_serves(server, grpc_port, grpc_stub):
+    with pytest.raises(grpc.RpcError) as refused:  # refused by gRPC itself, from the message's length
+        grpc_stub.ModelInfer(infer([bytes(MAX_BODY)]), timeout=60)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert str(MAX_BODY) in refused.value.details()
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        not_protobuf = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as garbage:
+            not_protobuf(b"\xff" * 64, timeout=60)
+    assert garbage.value.code() == grpc.StatusCode.UNKNOWN  # gRPC's own answer to a message it cannot parse
+    assert "Error parsing message with type 'inference.ModelInferRequest'" in garbage.value.details()
+    answer = grpc_stub.ModelInfer(with_outputs(infer([np.zeros(784, "<f4").tobytes()]), "cluster"), timeout=60)
+    assert [o.name for o in answer.outputs] == ["cluster"] and len(answer.raw_output_contents[0]) == 4
+    assert server[0].poll() is None

@@ -189,7 +189,7 @@ async def test_v2_health_and_metadata(client, committed_app):
     assert (await client.get("/v2/health/live")).json() == {"live": True}
     assert (await client.get("/v2/health/ready")).status_code == 200
     server = (await client.get("/v2")).json()
-    assert server["name"] == "aeserve" and server["extensions"] == []
+    assert server["name"] == "aeserve" and server["extensions"] == ["binary_tensor_data"]
     for path in (f"/v2/models/{MODEL}/ready", f"/v2/models/{MODEL}/versions/1/ready"):
         assert (await client.get(path)).json() == {"name": MODEL, "ready": True}
     metadata = (await client.get("/v2/models/mnist-conv")).json()
@@ -252,3 +252,69 @@ async def test_v2_not_ready_before_models_load():
         ready = await http.get("/v2/health/ready")
         assert ready.status_code == 503 and ready.json()["ready"] is False and ready.json()["error"]
         assert (await http.get("/v2/health/live")).status_code == 200
+
+
+# The binary tensor data extension
+
+
+def binary_request(head: dict, *tensors: bytes) -> dict:
+    """httpx's arguments for a JSON head followed by binary tensors, as KServe's and Triton's clients send them."""
+    data = json.dumps(head).encode()
+    headers = {"content-type": "application/octet-stream", "inference-header-content-length": str(len(data))}
+    return {"content": data + b"".join(tensors), "headers": headers}
+
+
+def binary_outputs(answer) -> dict[str, np.ndarray]:
+    """The outputs of a binary answer: the JSON head's tensors, each read from its bytes or its data."""
+    length = int(answer.headers["inference-header-content-length"])
+    head, at, outputs = json.loads(answer.content[:length]), length, {}
+    dtypes = {"FP32": "<f4", "INT32": "<i4"}
+    for output in head["outputs"]:
+        size = output.get("parameters", {}).get("binary_data_size")
+        if size is None:
+            values = np.array(output["data"], dtype=dtypes[output["datatype"]])
+        else:
+            values, at = np.frombuffer(answer.content[at : at + size], dtypes[output["datatype"]]), at + size
+        outputs[output["name"]] = values.reshape(output["shape"])
+    assert at == len(answer.content)
+    return outputs
+
+
+async def test_v2_binary_input_answers_as_json_input(client, test_images):
+    images = test_images.reshape(3, 28, 28).astype(np.float32)
+    tensor = {"name": "images", "shape": [3, 28, 28], "datatype": "FP32"}
+    as_json = await client.post(f"/v2/models/{MODEL}/infer", json={"inputs": [tensor | {"data": images.tolist()}]})
+    head = {"id": "7", "inputs": [tensor | {"parameters": {"binary_data_size": images.nbytes}}]}
+    as_binary = await client.post(f"/v2/models/{MODEL}/infer", **binary_request(head, images.tobytes()))
+    assert as_binary.status_code == 200, as_binary.text
+    assert as_binary.headers["content-type"] == "application/json" and as_binary.json()["id"] == "7"
+    assert "inference-header-content-length" not in as_binary.headers  # no output asked for binary
+    assert as_binary.json()["outputs"] == as_json.json()["outputs"]
+    codes = np.array(as_binary.json()["outputs"][0]["data"], dtype=np.float32).reshape(3, -1)
+    np.testing.assert_array_equal(codes, await encode(client, images))
+
+
+async def test_v2_binary_outputs_when_asked(client, mnist_test):
+    images, _ = mnist_test
+    batch = images[:2]  # uint8, as UINT8 bytes
+    tensor = {"name": "images", "shape": [2, 784], "datatype": "UINT8", "parameters": {"binary_data_size": 1568}}
+    every = {"inputs": [tensor], "parameters": {"binary_data_output": True}}
+    answer = await client.post("/v2/models/mnist-conv/infer", **binary_request(every, batch.tobytes()))
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/octet-stream" and answer.headers["x-model"] == "mnist-conv"
+    outputs = binary_outputs(answer)
+    assert set(outputs) == {"codes", "reconstruction", "distances", "cluster"}
+    assert outputs["cluster"].dtype == np.int32 and outputs["reconstruction"].shape == (2, 28, 28)
+    np.testing.assert_array_equal(outputs["codes"], await encode(client, batch / 255.0, "mnist-conv"))
+    # one output binary, one as JSON data (its own binary_data overrides binary_data_output)
+    some = every | {"outputs": [{"name": "codes", "parameters": {"binary_data": False}}, {"name": "cluster"}]}
+    mixed = await client.post("/v2/models/mnist-conv/infer", **binary_request(some, batch.tobytes()))
+    head = json.loads(mixed.content[: int(mixed.headers["inference-header-content-length"])])
+    assert [("data" in o, o.get("parameters")) for o in head["outputs"]] == [
+        (False, {"binary_data_size": 8}),
+        (True, None),
+    ]
+    mixed_outputs = binary_outputs(mixed)
+    assert set(mixed_outputs) == {"codes", "cluster"}
+    for name, values in mixed_outputs.items():
+        np.testing.assert_array_equal(values, outputs[name])

@@ -22,12 +22,8 @@ TF_DTYPES = {"float32": "DT_FLOAT", "float64": "DT_DOUBLE", "int32": "DT_INT32",
 V2_DTYPES = {"float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64"}
 
 
-async def read_json(request: Request) -> Any:
-    """The request body parsed as JSON; refused with 413 while it streams past the body limit.
-
-    The content type is not checked: TF Serving's own examples post with ``curl -d``, which
-    labels the body as a form.
-    """
+async def read_raw(request: Request) -> bytes:
+    """The request body, never empty; refused with 413 while it streams past the body limit."""
     limits: Limits = request.app.state.limits
     length = request.headers.get("content-length")
     try:
@@ -36,6 +32,16 @@ async def read_json(request: Request) -> Any:
         raise ApiError(400, "the request body did not arrive") from None
     if not body:
         raise ApiError(400, "request body is empty")
+    return body
+
+
+async def read_json(request: Request) -> Any:
+    """The request body parsed as JSON (:func:`read_raw`'s checks first).
+
+    The content type is not checked: TF Serving's own examples post with ``curl -d``, which
+    labels the body as a form.
+    """
+    body = await read_raw(request)
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
