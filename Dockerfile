@@ -55,6 +55,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     AESERVE_RUNTIME=litert \
     WEB_CONCURRENCY=1 \
     UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=8 \
+    AESERVE_GRPC_SHUTDOWN_GRACE_S=1 \
     AESERVE_GRPC_HOST=0.0.0.0
 USER 10001:10001
 # 8000: HTTP (REST); 8081: the Open Inference Protocol over gRPC (AESERVE_GRPC_PORT)
@@ -65,7 +66,7 @@ EXPOSE 8000 8081
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
 # uvicorn reads WEB_CONCURRENCY for --workers and UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN for the seconds it lets
-# requests in flight finish after SIGTERM (8: inside `docker stop`'s default 10 s; Kubernetes gets 20,
-# deploy/k8s/). AESERVE_RUNTIME is fixed: the image has LiteRT and no TensorFlow.
+# requests in flight finish after SIGTERM (8, and 1 more for gRPC calls: inside `docker stop`'s default
+# 10 s; Kubernetes gets 20, deploy/k8s/). AESERVE_RUNTIME is fixed: the image has LiteRT and no TensorFlow.
 # app.serve is uvicorn's command line that exits 0 after a graceful stop.
 CMD ["/opt/venv/bin/python", "-m", "app.serve", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]

@@ -192,7 +192,9 @@ def test_models(service, capsys):
     names = [line.split()[0] for line in stdout.splitlines()[1:-1]]
     assert names == [m["name"] for m in json.loads(httpx.get(f"{service}/models").text)["models"]]
     assert (
-        stdout.splitlines()[-1] == f"limits: max_body_bytes 16777216, max_batch {MAX_BATCH}, max_image_pixels 16000000"
+        stdout.splitlines()[-1]
+        == f"limits: max_body_bytes 16777216, max_batch {MAX_BATCH}, max_image_pixels 16000000, "
+        "max_request_pixels 64000000, max_image_scans 64, decode_cpu_ms 2000"
     )
 
 

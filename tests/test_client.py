@@ -242,7 +242,14 @@ def test_inputs_the_client_cannot_send(client, digits, files):
 def test_models_ready_health(service, client):
     listing = client.models()
     assert listing == httpx.get(f"{service}/models").json()
-    assert listing["limits"] == {"max_batch": MAX_BATCH, "max_body_bytes": MAX_BODY, "max_image_pixels": 16_000_000}
+    assert listing["limits"] == {
+        "max_batch": MAX_BATCH,
+        "max_body_bytes": MAX_BODY,
+        "max_image_pixels": 16_000_000,
+        "max_request_pixels": 64_000_000,
+        "max_image_scans": 64,
+        "decode_cpu_ms": 2000,
+    }
     assert client.ready() is True
     assert client.health() is True
 

@@ -46,7 +46,8 @@ def package_files() -> set[str]:
     files = {
         path.relative_to(ROOT).as_posix()
         for top in tops
-        for path in (ROOT / top).rglob("*.py")
+        for suffix in ("*.py", "*.pyi")
+        for path in (ROOT / top).rglob(suffix)
         if "__pycache__" not in path.parts
     }
     for package, patterns in setuptools.get("package-data", {}).items():
