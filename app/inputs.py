@@ -279,12 +279,9 @@ def _declared_pixels(data: bytes, limits: Limits) -> int:
     return width * height
 
 
-def decode_files(files: list[bytes], limits: Limits, preprocess: str = DEFAULT_RULE) -> np.ndarray:
-    """Image files → ``float32 [N,28,28]``, under the request's budget: the pixels of all its files, read from
-    their headers before any is decoded (413), and the CPU time of their decoding, checked after each (413).
-
-    Blocking and costly: run it off the event loop (:class:`app.decoding.DecodePool`).
-    """
+def declared_pixels(files: list[bytes], limits: Limits) -> int:
+    """The pixels all of a request's image files declare in their headers (read without decoding: cheap), or
+    a 413 over the request's or an image's limit."""
     pixels = sum(_declared_pixels(data, limits) for data in files)
     if pixels > limits.max_request_pixels:
         raise ApiError(
@@ -292,6 +289,16 @@ def decode_files(files: list[bytes], limits: Limits, preprocess: str = DEFAULT_R
             f"the request's image files declare {pixels} pixels in all; the limit is {limits.max_request_pixels} "
             "(AESERVE_MAX_REQUEST_PIXELS)",
         )
+    return pixels
+
+
+def decode_files(files: list[bytes], limits: Limits, preprocess: str = DEFAULT_RULE) -> np.ndarray:
+    """Image files → ``float32 [N,28,28]``, under the request's budget: the pixels of all its files, read from
+    their headers before any is decoded (413), and the CPU time of their decoding, checked after each (413).
+
+    Blocking and costly: run it off the event loop (:class:`app.decoding.DecodePool`).
+    """
+    declared_pixels(files, limits)
     started, images = time.thread_time(), []
     for data in files:
         images.append(image_file(data, limits, preprocess))
@@ -349,5 +356,7 @@ async def read_images_off_loop(
     """:func:`read_images`, with the image files of a multipart body decoded by ``off_loop``."""
     media = media_type(content_type)
     if media == "multipart/form-data" and body:
-        return await off_loop(decode_files, multipart_files(content_type, body, limits), limits, preprocess)
+        files = multipart_files(content_type, body, limits)
+        pixels = declared_pixels(files, limits)
+        return await off_loop(decode_files, files, limits, preprocess, pixels=pixels)
     return read_images(content_type, body, limits, preprocess)

@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import io
+import multiprocessing
 import random
 import sys
 import tempfile
@@ -403,15 +405,11 @@ async def costly_client(base: str, files: list, stop: asyncio.Event, stats: Atta
             stats.answers["costly images"][answer.status_code] += 1
 
 
-async def attack_phase(base: str, args: argparse.Namespace) -> tuple[Stats, Stats, AttackStats]:
-    """Normal clients in windows alone and under attack, alternately; their statistics by side, and the attack's."""
+async def attackers(base: str, args: argparse.Namespace, seconds: float) -> AttackStats:
+    """Every attacker for ``seconds``, then each stops at its next step; their statistics."""
     host, port = base.removeprefix("http://").split(":")
-    port_number = int(port)
-    requests = mixed_requests(args.seed)
     images = costly_images()
     files = [("file", images[i % len(images)]) for i in range(args.attack_images)]
-    limits = httpx.Limits(max_connections=args.attack_clients, max_keepalive_connections=args.attack_clients)
-    alone, attacked, attack = Stats(), Stats(), AttackStats()
     head = f"POST /encode HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-npy\r\n".encode()
     body_head = head + b"Content-Length: 1048576\r\n\r\n"
     kinds = [
@@ -420,36 +418,86 @@ async def attack_phase(base: str, args: argparse.Namespace) -> tuple[Stats, Stat
         ("trickled head", head, b"X-Slow: " + b"s" * 4096, args.attack_connections // 2),
         ("trickled body", body_head + b"\x93NUMPY", b"0" * 4096, args.attack_connections // 2),
     ]
-    async with httpx.AsyncClient(base_url=base, timeout=args.timeout, limits=limits) as http:
-        for request in requests:  # each request once, untimed: first-call costs out of the figures
-            (await http.post(request.endpoint, **request.kwargs)).raise_for_status()
-        for round_ in range(2 * args.attack_rounds):
-            attacking = round_ % 2 == 1
-            stop = asyncio.Event()
-            attackers = []
-            if attacking:
-                attackers = [
-                    asyncio.create_task(hostile(host, port_number, kind, first, rest, 0.2, stop, attack))
-                    for kind, first, rest, count in kinds
-                    for _ in range(count)
-                ]
-                attackers += [
-                    asyncio.create_task(costly_client(base, files, stop, attack, args.max_requests))
-                    for _ in range(args.attack_costly_clients)
-                ]
-                await asyncio.sleep(0.5)  # the attack under way before the window opens
-            stats = attacked if attacking else alone
-            deadline = time.perf_counter() + args.attack_seconds
-            await asyncio.gather(
-                *(
-                    client(
-                        http, requests, deadline, stats, random.Random(args.seed + round_ * 100 + i), args.max_requests
+    stats, stop = AttackStats(), asyncio.Event()
+    tasks = [
+        asyncio.create_task(hostile(host, int(port), kind, first, rest, 0.2, stop, stats))
+        for kind, first, rest, count in kinds
+        for _ in range(count)
+    ]
+    tasks += [
+        asyncio.create_task(costly_client(base, files, stop, stats, args.max_requests))
+        for _ in range(args.attack_costly_clients)
+    ]
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return stats
+
+
+def attackers_process(base: str, args: argparse.Namespace, seconds: float) -> dict:
+    """:func:`attackers` in a process of its own, so that building and sending their requests never delays
+    the normal clients whose latency is measured; the statistics as plain dictionaries (picklable)."""
+    if seconds <= 0:
+        return {}  # the pool's start: the process and its imports made before the first window
+    stats = asyncio.run(attackers(base, args, seconds))
+    return {
+        "opened": dict(stats.opened),
+        "lives": dict(stats.lives),
+        "answers": {kind: dict(counts) for kind, counts in stats.answers.items()},
+        "failures": dict(stats.failures),
+    }
+
+
+def add_attack(total: AttackStats, part: dict) -> None:
+    """Add one window's attack statistics (:func:`attackers_process`) to ``total``."""
+    for kind, n in part.get("opened", {}).items():
+        total.opened[kind] += n
+    for kind, lives in part.get("lives", {}).items():
+        total.lives[kind].extend(lives)
+    for kind, counts in part.get("answers", {}).items():
+        for code, n in counts.items():
+            total.answers[kind][code] += n
+    for kind, n in part.get("failures", {}).items():
+        total.failures[kind] += n
+
+
+async def attack_phase(base: str, args: argparse.Namespace) -> tuple[Stats, Stats, AttackStats]:
+    """Normal clients in windows alone and under attack, alternately; their statistics by side, and the attack's.
+
+    The attackers run in a second process, started before the first window."""
+    requests = mixed_requests(args.seed)
+    limits = httpx.Limits(max_connections=args.attack_clients, max_keepalive_connections=args.attack_clients)
+    alone, attacked, attack = Stats(), Stats(), AttackStats()
+    loop = asyncio.get_running_loop()
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        await loop.run_in_executor(pool, attackers_process, base, args, 0.0)
+        async with httpx.AsyncClient(base_url=base, timeout=args.timeout, limits=limits) as http:
+            for request in requests:  # each request once, untimed: first-call costs out of the figures
+                (await http.post(request.endpoint, **request.kwargs)).raise_for_status()
+            for round_ in range(2 * args.attack_rounds):
+                attacking = round_ % 2 == 1
+                under_way = None
+                if attacking:
+                    seconds = args.attack_seconds + 0.5
+                    under_way = loop.run_in_executor(pool, attackers_process, base, args, seconds)
+                    await asyncio.sleep(0.5)  # the attack under way before the window opens
+                stats = attacked if attacking else alone
+                deadline = time.perf_counter() + args.attack_seconds
+                await asyncio.gather(
+                    *(
+                        client(
+                            http,
+                            requests,
+                            deadline,
+                            stats,
+                            random.Random(args.seed + round_ * 100 + i),
+                            args.max_requests,
+                        )
+                        for i in range(args.attack_clients)
                     )
-                    for i in range(args.attack_clients)
                 )
-            )
-            stop.set()
-            await asyncio.gather(*attackers, return_exceptions=True)
+                if under_way is not None:
+                    add_attack(attack, await under_way)
     return alone, attacked, attack
 
 

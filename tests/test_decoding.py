@@ -89,3 +89,25 @@ def test_the_cpu_budget_stops_decoding_between_files():
         decode_files([blank_png16(2000)] * 8, tight, "mnist")
     assert info.value.status == 413 and "AESERVE_DECODE_CPU_MS" in info.value.message
     assert "1 of 8 files" in info.value.message
+
+
+async def test_small_uploads_do_not_wait_behind_large_ones():
+    """A call declaring few pixels takes the small lane: it runs while every large-lane decoder is busy."""
+    from app.decoding import SMALL_PIXELS
+
+    pool = DecodePool("thread", workers=1, deadline=5.0)
+    release = threading.Event()
+    try:
+        large = asyncio.ensure_future(pool.run(release.wait, 10, pixels=SMALL_PIXELS * 16))
+        await asyncio.sleep(0.05)  # the large call holds the large lane's one decoder
+        assert await pool.run(sum, [1, 2, 3], pixels=28 * 28) == 6
+        assert not large.done()
+        with pytest.raises(ApiError) as refused:  # the large lane itself is still bounded
+            pool.deadline = 0.05
+            await pool.run(sum, [1], pixels=SMALL_PIXELS + 1)
+        assert refused.value.status == 503
+        release.set()
+        assert await large is True
+    finally:
+        release.set()
+        pool.close()
