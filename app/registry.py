@@ -29,7 +29,8 @@ from app.runtimes import Outputs, Runtime, RuntimeLoadError, load_runtime
 
 log = logging.getLogger("aeserve")
 
-DATASETS = ("mnist", "fashion-mnist")
+# The dataset a request without ``dataset=`` means, when it is served (else the first served, by name).
+DEFAULT_DATASET = "mnist"
 ENDPOINTS = ("encode", "reconstruct", "denoise", "classify", "cluster")
 # How each endpoint ranks the models that serve it, to pick a dataset's default: (test metric, higher is better).
 RANKING = {
@@ -341,10 +342,16 @@ class Registry:
         finally:
             self.finished.set()
 
+    @property
+    def datasets(self) -> list[str]:
+        """Every dataset a loaded model was trained on (its manifest's ``dataset``), sorted."""
+        return sorted({m.dataset for m in self.latest_models()})
+
     def _choose_defaults(self) -> dict[str, dict[str, str]]:
-        defaults: dict[str, dict[str, str]] = {d: {} for d in DATASETS}
+        datasets = self.datasets
+        defaults: dict[str, dict[str, str]] = {d: {} for d in datasets}
         for endpoint in RANKING:
-            for dataset in DATASETS:
+            for dataset in datasets:
                 candidates = [m for m in self.latest_models() if m.dataset == dataset and endpoint in m.endpoints]
                 if candidates:
                     defaults[dataset][endpoint] = min(candidates, key=lambda m, e=endpoint: _rank(m, e)).name
@@ -390,8 +397,8 @@ class Registry:
     def resolve(self, endpoint: str, dataset: str | None, name: str | None, version: int | None = None) -> ServedModel:
         """The model that answers ``endpoint``: the one named (its newest version, or ``version``), or the
         dataset's default."""
-        if dataset is not None and dataset not in DATASETS:
-            raise ApiError(404, f"unknown dataset {dataset!r}; datasets: {', '.join(DATASETS)}")
+        if dataset is not None and self.finished.is_set() and dataset not in self.defaults:
+            raise ApiError(404, f"unknown dataset {dataset!r}; datasets: {', '.join(self.defaults) or 'none'}")
         if name is not None:
             model = self.get(name, version)
             if endpoint not in model.endpoints:
@@ -403,10 +410,16 @@ class Registry:
             if dataset is not None and model.dataset != dataset:
                 raise ApiError(400, f"model {name} is a {model.dataset} model, not {dataset}")
             return model
-        dataset = dataset or "mnist"
         if not self.finished.is_set():
             raise ApiError(503, "models are still loading", {"Retry-After": "1"})
+        if dataset is None:
+            served = self.defaults
+            dataset = DEFAULT_DATASET if DEFAULT_DATASET in served else next(iter(served), DEFAULT_DATASET)
         default = self.defaults.get(dataset, {}).get(endpoint)
         if default is None:
-            raise ApiError(404, f"no model serves /{endpoint} for dataset {dataset}")
+            having = [d for d, endpoints in self.defaults.items() if endpoint in endpoints]
+            raise ApiError(
+                404,
+                f"no model serves /{endpoint} for dataset {dataset}; datasets with one: {', '.join(having) or 'none'}",
+            )
         return self.get(default)

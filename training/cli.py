@@ -6,6 +6,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -44,11 +45,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
 
-    train = sub.add_parser("train", parents=[common], help="train and export recipes")
-    train.add_argument("names", nargs="*", help="model names (see `list`)")
+    train = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train and export recipes, or a template on your data (train TEMPLATE --data PATH --name NAME)",
+    )
+    train.add_argument("names", nargs="*", help="recipe names, or one template with --data (see `list`)")
+    train.add_argument(
+        "--data",
+        help="a template's data: a folder of images (class sub-folders, or flat; train/ and test/ splits), "
+        ".npz, .npy, IDX files, or mnist / fashion-mnist",
+    )
+    train.add_argument("--name", help="the model's name (models/<name>/<version>/)")
+    train.add_argument("--dataset", help="the dataset it is served as (default: the stem of --data)")
+    train.add_argument(
+        "--preprocess",
+        choices=("fit", "mnist"),
+        default="fit",
+        help="how image files become 28x28: fit (grey, fitted inside 28x28 keeping the aspect ratio, padded with "
+        "the background) or mnist (MNIST's ink centring); uploads to the model get the same",
+    )
     train.add_argument("--all", action="store_true", help="train every recipe")
     train.add_argument(
-        "--version", type=int, default=None, help="version folder to export to (default: each recipe's own, see `list`)"
+        "--version",
+        type=int,
+        default=None,
+        help="version folder to export to (default: each recipe's own, see `list`; a template run's next free one)",
     )
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--epoch-scale", type=float, default=1.0, help="scale every epoch count (quick runs)")
@@ -80,21 +102,84 @@ def _parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("names", nargs="*", help="model names (default: every model under --models-dir)")
 
-    report = sub.add_parser("report", parents=[common], help="write models/REPORT.md and its figures")
+    report = sub.add_parser(
+        "report", parents=[common], help="write models/REPORT.md and its figures, or one model's report (NAME)"
+    )
+    report.add_argument("names", nargs="*", help="models trained from a template: write <models-dir>/<name>/REPORT.md")
     report.add_argument("--output", type=Path, default=None, help="report file (default: <models-dir>/REPORT.md)")
     return parser
 
 
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def _next_version(model_dir: Path) -> int:
+    if not model_dir.is_dir():
+        return 1
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def _train_template(args) -> int:
+    """``train TEMPLATE --data PATH --name NAME``: check the data, train, export a new version, print its metrics."""
+    from training import templates, zoo
+    from training.datasets import DatasetError
+    from training.sources import dataset_name, load_source
+
+    if len(args.names) != 1 or args.all:
+        raise SystemExit("--data trains one template: train TEMPLATE --data PATH --name NAME")
+    template = templates.get(args.names[0])
+    if not args.name:
+        raise SystemExit("a template run needs --name NAME (the served model's name)")
+    if not NAME_PATTERN.match(args.name):
+        raise SystemExit(f"--name {args.name!r}: letters, digits, '.', '_' and '-', starting with a letter or digit")
+    if args.name in zoo.BY_NAME:
+        raise SystemExit(f"--name {args.name}: a recipe's name; choose another")
+    dataset = args.dataset or dataset_name(args.data)
+    if not NAME_PATTERN.match(dataset):
+        raise SystemExit(f"--dataset {dataset!r}: use letters, digits, '.', '_' and '-'")
+    config = templates.default_config(template)
+    aliases = templates.ALIASES.get(template.name, {})
+    for assignment in args.set:
+        key, sep, value = assignment.partition("=")
+        _set_override(config, f"{aliases.get(key, key)}{sep}{value}")
+    model_dir = args.models_dir / args.name
+    version = args.version if args.version is not None else _next_version(model_dir)
+    if version < 1:
+        raise SystemExit(f"--version {version}: versions start at 1")
+    if (model_dir / str(version)).exists():
+        raise SystemExit(f"{model_dir / str(version)} exists; a version is never overwritten (choose another)")
+
+    start = time.perf_counter()
+    try:
+        data = load_source(args.data, dataset, args.preprocess, args.seed, args.data_dir)
+    except DatasetError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if template.needs_labels and not data.labelled:
+        raise SystemExit(
+            f"error: {args.data}: the {template.name} template needs labels, and this source has none "
+            "(put the images in one sub-folder per class, or give the .npz a labels array)"
+        )
+    if template.name == "kmeans" and config.get("n_clusters") is None:
+        config["n_clusters"] = len(data.class_names) if data.labelled else 10
+    print(
+        f"== {args.name}: {template.name} on {dataset} ({data.source}): {len(data.train)} training, {len(data.val)} "
+        f"validation, {len(data.test)} test images"
+        + (f", {len(data.class_names)} classes" if data.labelled else ", unlabelled")
+        + f"; read in {time.perf_counter() - start:.1f} s",
+        flush=True,
+    )
+    spec = template.spec(args.name, dataset, config, version)
+    return _run(args, [(spec, config, version)], {dataset: data}, replace=False)
+
+
 def _train(args) -> int:
-    import keras
-    import tensorflow as tf
+    if args.data is not None:
+        return _train_template(args)
+    from training import templates, zoo
 
-    from training import zoo
-    from training.datasets import load_dataset
-    from training.evaluate import outlier_images
-    from training.export import export
-    from training.procedures import Context
-
+    if args.names and args.names[0] in templates.TEMPLATES and args.names[0] not in zoo.BY_NAME:
+        raise SystemExit(f"the template {args.names[0]} needs --data PATH and --name NAME")
     names = list(zoo.BY_NAME) if args.all else args.names
     if not names:
         raise SystemExit("name one or more models, or pass --all; `python -m training list` shows them")
@@ -111,9 +196,22 @@ def _train(args) -> int:
         if source == spec.name and number.isdigit() and int(number) >= version:
             raise SystemExit(f"{spec.name} starts from its version {source}/{number}; export it as a later --version")
         runs.append((spec, config, version))
+    return _run(args, runs, {})
+
+
+def _run(args, runs: list, datasets: dict, replace: bool = True) -> int:
+    """Train and export each ``(spec, config, version)``; print each one's test metrics and export path."""
+    import keras
+    import tensorflow as tf
+
+    from training.datasets import load_dataset
+    from training.evaluate import outlier_images
+    from training.export import export
+    from training.procedures import Context
+
     ctx = Context(seed=args.seed, epoch_scale=args.epoch_scale, models_dir=args.models_dir)
     tf.config.experimental.enable_op_determinism()
-    datasets, summary, total = {}, [], time.perf_counter()
+    summary, total = [], time.perf_counter()
     for spec, config, version in runs:
         if spec.dataset not in datasets:
             datasets[spec.dataset] = load_dataset(spec.dataset, args.data_dir, seed=args.seed)
@@ -125,7 +223,7 @@ def _train(args) -> int:
         trained.notes["config"] = config
         wall = time.perf_counter() - start
         outliers = outlier_images(spec.config, args.data_dir)
-        folder = export(spec, trained, data, ctx, args.models_dir, version, wall, outliers)
+        folder = export(spec, trained, data, ctx, args.models_dir, version, wall, outliers, replace=replace)
         manifest = json.loads((folder / "manifest.json").read_text())
         floors = manifest["reference"]["floors"]
         status = "ok" if all(f["holds"] for f in floors) else "BELOW FLOOR"
@@ -213,11 +311,21 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
     if args.command == "list":
-        from training import zoo
+        from training import templates, zoo
 
+        print("templates (train TEMPLATE --data PATH --name NAME [--set key=value ...]):")
+        for template in templates.TEMPLATES.values():
+            needs = ", needs labels" if template.needs_labels else ""
+            settings = ", ".join(f"{k}={json.dumps(v)}" for k, v in template.config.items() if not isinstance(v, dict))
+            print(f"  {template.name:16} {', '.join(template.endpoints):28} {template.description}{needs}")
+            print(f"  {'':16} settings: {settings}")
+            if template.recipes():
+                print(f"  {'':16} applied to mnist / fashion-mnist as: {', '.join(template.recipes())}")
+        print("\nrecipes (train NAME ...):")
         for spec in zoo.SPECS:
             floors = "; ".join(f.describe() for f in spec.floors)
-            print(f"{spec.name:34} v{spec.version:<3} {', '.join(spec.endpoints):28} {floors}")
+            of = f" [template {spec.template}]" if spec.template else ""
+            print(f"  {spec.name:34} v{spec.version:<3} {', '.join(spec.endpoints):28} {floors}{of}")
         return 0
     commands = {"train": _train, "evaluate": _evaluate, "convert": _convert, "report": _report}
     return commands[args.command](args)

@@ -59,21 +59,23 @@ class DatasetError(RuntimeError):
 
 @dataclass(frozen=True)
 class Split:
-    """Images as uint8 ``[N, 28, 28]`` and labels as uint8 ``[N]``."""
+    """Images as uint8 ``[N, 28, 28]`` (0..255) or float32 (0..1), and labels ``[N]`` (None when unlabelled)."""
 
     images: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray | None
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.images)
 
     def pixels(self) -> np.ndarray:
         """Images as float32 in 0..1, the form every model takes."""
+        if self.images.dtype == np.float32:
+            return self.images
         return self.images.astype(np.float32) / 255.0
 
     def take(self, n: int) -> Split:
         """The first ``n`` examples."""
-        return Split(self.images[:n], self.labels[:n])
+        return Split(self.images[:n], None if self.labels is None else self.labels[:n])
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,15 @@ class Dataset:
     class_names: list[str]
     source: str
     checksums: dict[str, str]
+    # How the splits were made, and the source's files, size and sha256 (``--data`` sources).
+    split: dict | None = None
+    facts: dict | None = None
+    # The rule that made the images from image files (``fit`` or ``mnist``); None for the named datasets.
+    preprocess: str | None = None
+
+    @property
+    def labelled(self) -> bool:
+        return self.train.labels is not None
 
 
 def read_idx(path: Path, expected_magic: int, expected_count: int | None = None) -> np.ndarray:

@@ -99,6 +99,8 @@ def split_metrics(
             noisy_input_mse=noisy_mse,
             noisy_input_psnr_db=m.psnr_db(noisy_mse),
         )
+    if split.labels is None:  # unlabelled data: no accuracy, no cluster agreement with classes
+        return result
     if "probabilities" in out:
         result["accuracy"] = m.accuracy(split.labels, out["probabilities"].argmax(axis=1))
     if "cluster" in out:

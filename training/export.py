@@ -156,6 +156,7 @@ def build_manifest(
         "dataset": spec.dataset,
         "preprocess": PREPROCESS[spec.dataset],
         "recipe": spec.recipe,
+        **({"template": spec.template, "preprocess": data.preprocess} if data.preprocess else {}),
         "endpoints": list(spec.endpoints),
         "signature": SIGNATURE,
         "inputs": {"images": {"dtype": "float32", "shape": [-1, 28, 28], "range": [0.0, 1.0]}},
@@ -184,6 +185,9 @@ def build_manifest(
             "val_examples": len(data.val),
             "test_examples": len(data.test),
             "val_split_seed": ctx.seed,
+            # a --data source: its kind, files, size and the sha256 of its contents, and how it was split
+            **({"contents": data.facts} if data.facts else {}),
+            **({"split": data.split} if data.split else {}),
         },
         "metrics": metrics,
         "reference": {
@@ -235,17 +239,47 @@ def export(
     version: int = 1,
     wall_time_s: float = 0.0,
     outliers: np.ndarray | None = None,
+    replace: bool = True,
 ) -> Path:
     """Export, reload, evaluate through the reloaded graph, write extras and manifest; returns the folder.
 
     ``outliers`` (another dataset's test images, for recipes whose config names an
     ``ood_dataset``) adds the out-of-distribution AUROC and detection rate. The new version
-    replaces an old one of the same number only once it is complete.
+    replaces an old one of the same number only once it is complete; with ``replace`` False an
+    existing version is an error (``FileExistsError``) and stays as it is.
     """
     target = models_dir / spec.name / str(version)
+    if not replace and target.exists():
+        raise FileExistsError(f"{target} exists; a version is never overwritten")
     staging = target.with_name(f".{version}.staging")
     shutil.rmtree(staging, ignore_errors=True)
+    created = not staging.parent.exists()
     staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _export_into(staging, spec, trained, data, ctx, version, wall_time_s, outliers)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(staging.parent, ignore_errors=True)
+        raise
+    if not replace and target.exists():
+        shutil.rmtree(staging, ignore_errors=True)
+        raise FileExistsError(f"{target} exists; a version is never overwritten")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def _export_into(
+    staging: Path,
+    spec: Spec,
+    trained: Trained,
+    data: Dataset,
+    ctx: Context,
+    version: int,
+    wall_time_s: float,
+    outliers: np.ndarray | None,
+) -> None:
     write_saved_model(trained.serving, staging)
 
     predict = load_saved_model(staging)
@@ -271,6 +305,3 @@ def export(
     manifest = build_manifest(spec, trained, data, ctx, version, metrics, quantiles, wall_time_s)
     add_litert(staging, manifest, data.test.pixels())
     write_manifest(staging, manifest)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    return target

@@ -75,6 +75,28 @@ BCE = {"loss": "binary_crossentropy", "metrics": [rounded_accuracy]}
 CLASSIFICATION = {"loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}
 
 
+class EpochLine(keras.callbacks.Callback):
+    """One line per epoch: loss, validation loss, time elapsed and the time left at this pace."""
+
+    def __init__(self, epochs: int, phase: str):
+        super().__init__()
+        self.epochs, self.phase = epochs, phase
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / (epoch + 1) * (self.epochs - epoch - 1)
+        val = f", val loss {logs['val_loss']:.5f}" if "val_loss" in logs else ""
+        print(
+            f"    {self.phase} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', float('nan')):.5f}{val}, "
+            f"{elapsed:.1f} s elapsed, about {left:.0f} s left",
+            flush=True,
+        )
+
+
 def fit(model, x, y, val, cfg: dict, ctx: Context, phase: str, loss="mse", metrics=None) -> dict:
     """Compile and fit one phase, printing its wall time; returns the Keras history.
 
@@ -100,8 +122,10 @@ def fit(model, x, y, val, cfg: dict, ctx: Context, phase: str, loss="mse", metri
     # epoch with the lowest validation loss (patience = all epochs, so it never stops early).
     keep_best = keras.callbacks.EarlyStopping("val_loss", patience=epochs, restore_best_weights=True)
     start = time.perf_counter()
+    # without a verbosity of its own, a run prints one line per epoch (EpochLine) instead of Keras's
+    callbacks = [keep_best] if ctx.verbose is not None else [keep_best, EpochLine(epochs, phase)]
     history = model.fit(
-        x, y, epochs=epochs, validation_data=val, verbose=ctx.fit_verbosity, callbacks=[keep_best], **batching
+        x, y, epochs=epochs, validation_data=val, verbose=ctx.verbose or 0, callbacks=callbacks, **batching
     )
     result = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     best = int(np.argmin(result["val_loss"]))
@@ -133,16 +157,27 @@ def _train_clustered(data: Dataset, cfg: dict, ctx: Context, build, kind: str, s
     centres = kmeans.cluster_centers_.astype(np.float32)
     silhouette = silhouette_score(codes, kmeans.labels_, sample_size=10_000, random_state=ctx.seed)
     print(f"  KMeans: silhouette of the training partition {silhouette:.4f}", flush=True)
-    hints = majority_labels(data.train.labels, kmeans.labels_, cfg["n_clusters"])
+    hints = (
+        majority_labels(data.train.labels, kmeans.labels_, cfg["n_clusters"])
+        if data.labelled
+        else [-1] * cfg["n_clusters"]
+    )
     serving = recipes.serving_model(model, kind, centres=centres)
     notes = {"kmeans_train_silhouette": float(silhouette), "kmeans_train_inertia": float(kmeans.inertia_)}
     return Trained(serving, {"autoencoder": history}, centres, hints, notes=notes)
 
 
-def train_stacked_mnist(data: Dataset, cfg: dict, ctx: Context) -> Trained:
+def train_stacked(data: Dataset, cfg: dict, ctx: Context) -> Trained:
+    """The ``stacked`` template: a dense autoencoder, 784-``sizes``... and back (default 784-256-128-256-784,
+    sigmoid everywhere, MSE: the mnist-stacked recipe)."""
     x, xv = data.train.pixels(), data.val.pixels()
-    model = recipes.stacked_mnist()
-    history = fit(model, x, x, (xv, xv), cfg, ctx, "autoencoder")
+    model = recipes.stacked(
+        _model_name(data, "stacked"),
+        cfg.get("sizes", [256, 128]),
+        cfg.get("activation", "sigmoid"),
+        cfg.get("kernel_init", "glorot_uniform"),
+    )
+    history = fit(model, x, x, (xv, xv), cfg, ctx, "autoencoder", loss=cfg.get("loss", "mse"))
     return Trained(recipes.serving_model(model, "autoencoder"), {"autoencoder": history})
 
 
@@ -289,7 +324,11 @@ def train_pretrained_classifier_fashion(data: Dataset, cfg: dict, ctx: Context) 
     return Trained(recipes.serving_model(classifier, "classifier"), history)
 
 
-def train_kmeans_mnist(data: Dataset, cfg: dict, ctx: Context) -> Trained:
+def train_kmeans(data: Dataset, cfg: dict, ctx: Context) -> Trained:
+    """The ``kmeans`` template (the mnist-kmeans recipe): a standardising dense autoencoder, then KMeans on its
+    codes; ``n_clusters`` None means the number of classes of labelled data, else 10."""
+    if cfg.get("n_clusters") is None:
+        cfg = {**cfg, "n_clusters": len(data.class_names) if data.labelled else 10}
     return _train_clustered(data, cfg, ctx, recipes.kmeans_mnist, "standardized", standardized_target=True)
 
 
@@ -320,6 +359,7 @@ def train_conv_classifier(data: Dataset, cfg: dict, ctx: Context) -> Trained:
         _model_name(data, "conv_classifier"),
         recipes.augmentation(**cfg["augment"]),
         cfg["dropout"],
+        len(data.class_names),
     )
     finetune = fit(
         classifier,

@@ -40,6 +40,11 @@ def stacked_mnist() -> keras.Model:
     return _dense_autoencoder("mnist_stacked", [256, 128], "sigmoid")
 
 
+def stacked(name: str, sizes: list[int], activation: str, kernel_init: str = "glorot_uniform") -> keras.Model:
+    """The ``stacked`` template: dense 784-sizes... and the mirror image, ``activation`` inside, sigmoid out."""
+    return _dense_autoencoder(name, sizes, activation, kernel_init=kernel_init)
+
+
 def pretraining_autoencoder_mnist() -> keras.Model:
     """Dense 784-128-64-128-784 sigmoid: the autoencoder that pretrains the MNIST classifier."""
     return _dense_autoencoder("mnist_pretraining", [128, 64], "sigmoid")
@@ -229,12 +234,14 @@ def augmentation(rotation_degrees: float, shift: float, flip: bool = False) -> k
     return keras.Model(images, layers.Reshape(IMAGE_SHAPE, name="drop_channel")(x), name="augment")
 
 
-def conv_classifier(encoder: keras.Model, name: str, augment: keras.Model | None, dropout: float) -> keras.Model:
-    """Softmax over 10 classes on a (pretrained) convolutional encoder, with training-time augmentation."""
+def conv_classifier(
+    encoder: keras.Model, name: str, augment: keras.Model | None, dropout: float, n_classes: int = 10
+) -> keras.Model:
+    """Softmax over ``n_classes`` classes on a (pretrained) convolutional encoder, with training-time augmentation."""
     images = keras.Input(IMAGE_SHAPE, name="images")
     codes = encoder(augment(images) if augment is not None else images)
     x = layers.Dropout(dropout, name="dropout")(codes)
-    return keras.Model(images, layers.Dense(10, activation="softmax", name="probabilities")(x), name=name)
+    return keras.Model(images, layers.Dense(n_classes, activation="softmax", name="probabilities")(x), name=name)
 
 
 def conv_denoiser(

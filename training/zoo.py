@@ -48,10 +48,12 @@ class Spec:
     train: Callable
     config: dict
     version: int = 1  # the version ``train`` exports by default: the committed one this config makes
+    template: str | None = None  # the template (training/templates.py) this recipe applies, if any
+    model_name: str | None = None  # a template run's own name; a recipe's is <dataset>-<recipe>
 
     @property
     def name(self) -> str:
-        return f"{self.dataset}-{self.recipe}"
+        return self.model_name or f"{self.dataset}-{self.recipe}"
 
     @property
     def noise_std(self) -> float:
@@ -67,8 +69,9 @@ SPECS: tuple[Spec, ...] = (
         "dense 784-256-128-256-784, sigmoid everywhere; MSE, RMSProp",
         "MSE about 0.045",
         (Floor("mse", 0.045, higher_is_better=False),),
-        p.train_stacked_mnist,
+        p.train_stacked,
         {"optimizer": "rmsprop", "lr": 0.02, "batch_size": 256, "epochs": 50},
+        template="stacked",
     ),
     Spec(
         "mnist",
@@ -155,11 +158,12 @@ SPECS: tuple[Spec, ...] = (
         "MSE, Adam; KMeans with 10 clusters on the 100-d code",
         '"clustering is still poor" (no number)',
         (Floor("cluster_acc", 0.60, source="issue 2: KMeans-on-code clustering ACC ≥ 0.60"),),
-        p.train_kmeans_mnist,
+        p.train_kmeans,
         # RECIPES.md fixes the layers, the loss, Adam and its rate; the batch size is ours. 128 of 64,
         # 128, 256 and 512 (`train mnist-kmeans --set batch_size=N` prints each): the training partition's
         # silhouette, which needs no labels, is highest there (0.193 against 0.185, 0.164 and 0.184).
         {"optimizer": "adam", "lr": 0.01, "batch_size": 128, "epochs": 20, "n_clusters": 10, "kmeans_n_init": 50},
+        template="kmeans",
     ),
     Spec(
         "mnist",
@@ -216,6 +220,7 @@ SPECS += (
         (Floor("accuracy", 0.995, source=ISSUE_7),),
         p.train_conv_classifier,
         _conv_classifier_config([32, 64], 128, 15, rotation_degrees=10.0, shift=0.1, flip=False),
+        template="conv-classifier",
     ),
     Spec(
         "fashion-mnist",
@@ -229,6 +234,7 @@ SPECS += (
         (Floor("accuracy", 0.935, source=ISSUE_7),),
         p.train_conv_classifier,
         _conv_classifier_config([48, 96], 256, 30, rotation_degrees=0.0, shift=0.06, flip=True, pretrain_epochs=2),
+        template="conv-classifier",
     ),
 )
 
@@ -381,6 +387,7 @@ SPECS += (
         ),
         p.train_conv_autoencoder,
         {**CONV_SMALL_MNIST, "ood_dataset": "fashion-mnist"},
+        template="conv-small",
     ),
     Spec(
         "fashion-mnist",
@@ -391,6 +398,7 @@ SPECS += (
         (Floor("mse", 0.009, higher_is_better=False, source=ISSUE_7),),
         p.train_conv_autoencoder,
         CONV_SMALL_FASHION,
+        template="conv-small",
     ),
     Spec(
         "mnist",
@@ -422,6 +430,7 @@ SPECS += (
             "epochs": 16,
         },
         version=3,
+        template="conv-denoiser",
     ),
     Spec(
         "mnist",

@@ -21,7 +21,14 @@ from app.schemas import (
 
 router = APIRouter(tags=["inference"])
 
-Dataset = Annotated[str | None, Query(description="mnist or fashion-mnist (default mnist)", examples=["mnist"])]
+Dataset = Annotated[
+    str | None,
+    Query(
+        description="a served dataset (GET /models lists them: mnist, fashion-mnist and any a model folder adds; "
+        "default mnist), whose best model for the endpoint answers",
+        examples=["mnist"],
+    ),
+]
 ModelName = Annotated[
     str | None, Query(description="a model name from GET /models (default: the dataset's best for this endpoint)")
 ]

@@ -75,7 +75,15 @@ async def list_models(request: Request, registry: Annotated[Registry, Depends(ge
     models = [describe(registry, n) for n in names]
     # the request limits, so that a client can split a large batch into requests the service accepts
     limits = dataclasses.asdict(request.app.state.limits)
-    return _json({"models": models, "defaults": registry.defaults, "aeserve_version": __version__, "limits": limits})
+    return _json(
+        {
+            "models": models,
+            "datasets": list(registry.defaults),
+            "defaults": registry.defaults,
+            "aeserve_version": __version__,
+            "limits": limits,
+        }
+    )
 
 
 @router.get("/models/{name}", summary="One model", responses={404: {"model": ErrorResponse}})

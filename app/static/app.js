@@ -100,6 +100,7 @@ async function loadModels() {
       const loading = listing.models.filter((m) => m.status === "pending" || m.status === "loading");
       state.models = listing.models.filter((m) => m.status === "ready");
       state.defaults = listing.defaults ?? {};
+      fillDatasets(listing.datasets ?? Object.keys(state.defaults));
       if (listing.models.length > 0 && loading.length === 0) {
         const failed = listing.models.filter((m) => m.status === "failed").map((m) => m.name);
         setStatus(
@@ -114,6 +115,16 @@ async function loadModels() {
     }
     await sleep(1000);
   }
+}
+
+/** The dataset menu: every dataset the service serves (GET /models "datasets"), mnist first when served. */
+function fillDatasets(datasets) {
+  const select = $("dataset");
+  const current = select.value;
+  const ordered = [...datasets].sort((a, b) => (a === "mnist" ? -1 : b === "mnist" ? 1 : a.localeCompare(b)));
+  if (ordered.length === 0) return;
+  select.replaceChildren(...ordered.map((name) => new Option(name, name)));
+  select.value = ordered.includes(current) ? current : ordered[0];
 }
 
 function fillSelects() {
