@@ -58,12 +58,13 @@ def _confusion(matrix: np.ndarray, class_names: list[str], path: Path, title: st
     fig = Figure(figsize=(6.5, 5.5))
     ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(10), class_names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(10), class_names, fontsize=8)
+    n = len(class_names)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), class_names, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    for i in range(10):
-        for j in range(10):
+    for i in range(n):
+        for j in range(n):
             ax.text(
                 j,
                 i,
@@ -116,7 +117,8 @@ def model_figures(folder: Path, manifest: dict, data: Dataset, out_dir: Path) ->
             f"{name}: test images and their reconstructions",
         )
     if "denoised" in outputs:
-        noise_std = zoo.get(name).noise_std  # the noise its PSNR is measured at
+        # the noise its PSNR is measured at: the recipe's, or a template run's own
+        noise_std = zoo.get(name).noise_std if name in zoo.BY_NAME else manifest["training"]["config"]["noise_std"]
         noisy = noisy_images(test, noise_std, TEST_NOISE_SEED)[:12]
         _grid(
             [sample, noisy, predict(noisy)["denoised"]],
@@ -127,7 +129,7 @@ def model_figures(folder: Path, manifest: dict, data: Dataset, out_dir: Path) ->
     if "probabilities" in outputs:
         predicted = predict(test)["probabilities"].argmax(axis=1)
         _confusion(
-            confusion_matrix(data.test.labels, predicted),
+            confusion_matrix(data.test.labels, predicted, len(data.class_names)),
             data.class_names,
             save("confusion"),
             f"{name}: confusion matrix on the test set",
@@ -226,6 +228,8 @@ def write_report(models_dir: Path, output: Path, data_dir: str | None = None) ->
     summary, sections, manifests = [], [], {}
     for folder in committed_models(models_dir):
         manifest = read_manifest(folder)
+        if manifest["name"] not in zoo.BY_NAME:  # a template run: `python -m training report NAME`
+            continue
         manifests[manifest["name"]] = manifest
         spec = zoo.get(manifest["name"])
         if spec.dataset not in datasets:
@@ -307,3 +311,56 @@ def write_report(models_dir: Path, output: Path, data_dir: str | None = None) ->
         "",
     ]
     output.write_text("\n".join(header) + "\n" + "\n".join(sections))
+
+
+def write_model_report(models_dir: Path, name: str, data_dir: str | None = None) -> Path:
+    """One model's report, ``<models_dir>/<name>/REPORT.md`` and its figures beside it in ``report/``.
+
+    The model's data is read again as its manifest says (a ``--data`` source must hold the same
+    contents); its metrics are the manifest's, computed at export on the held-out test split.
+    """
+    from training.registry import latest_version
+    from training.sources import data_of_manifest
+
+    folder = latest_version(models_dir / name) if (models_dir / name).is_dir() else None
+    if folder is None or not (folder / "manifest.json").exists():
+        raise SystemExit(f"no exported version of {name} under {models_dir}")
+    manifest = read_manifest(folder)
+    data = data_of_manifest(manifest, data_dir)
+    out_dir = models_dir / name / FIGURES
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info, metrics = manifest["data"], manifest["metrics"]
+    lines = [
+        f"# `{name}` (version {manifest['version']})",
+        "",
+        f"{manifest.get('template') or manifest['recipe']}: {manifest['architecture']['description']}.",
+        "",
+        f"Dataset `{manifest['dataset']}`"
+        + (f", classes {', '.join(manifest['class_names'])}" if manifest["class_names"] else ", unlabelled")
+        + f". Serves {', '.join('/' + e for e in manifest['endpoints'])}; latent size {manifest['latent_dim']}; "
+        f"{manifest['architecture']['parameters']:,} parameters; trained in {manifest['training']['wall_time_s']} s "
+        f"(seed {manifest['training']['seed']}).",
+        "",
+    ]
+    if "contents" in info:
+        c = info["contents"]
+        lines += [
+            f"Source: {c['kind']}, {c['files']} file(s), {c['bytes']:,} bytes, sha256 of its contents "
+            f"`{c['sha256']}`; images made by the `{manifest.get('preprocess')}` rule.",
+            "",
+        ]
+    if "split" in info:
+        s = info["split"]
+        lines += [f"Split: {s['rule']} (seed {s['seed']}): {s['train']} train, {s['val']} val, {s['test']} test.", ""]
+    keys = [k for k in metrics["test"] if k != "examples"]
+    lines += ["| split | examples | " + " | ".join(HEADLINE.get(k, k) for k in keys) + " |"]
+    lines += ["|---|---|" + "---|" * len(keys)]
+    for split in ("val", "test"):
+        cells = (_fmt(metrics[split][k]) if k in metrics[split] else "—" for k in keys)
+        lines.append(f"| {split} | {metrics[split]['examples']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for caption, rel in model_figures(folder, manifest, data, out_dir):
+        lines += [f"![{name} {caption}]({rel})", ""]
+    output = models_dir / name / "REPORT.md"
+    output.write_text("\n".join(lines))
+    return output

@@ -513,3 +513,24 @@ def _renamed(data: Dataset, name: str) -> Dataset:
     from dataclasses import replace
 
     return replace(data, name=name)
+
+
+def data_of_manifest(manifest: dict, data_dir: str | None = None) -> Dataset:
+    """The dataset an exported model was trained on, read again as its manifest says (same split).
+
+    A ``--data`` source must still hold the same contents (its sha256); a named dataset is loaded as
+    the recipes load it.
+    """
+    contents = manifest.get("data", {}).get("contents")
+    if not contents:
+        return load_dataset(manifest["dataset"], data_dir)
+    seed = manifest["data"].get("split", {}).get("seed", manifest["training"]["seed"])
+    data = load_source(
+        manifest["data"]["source"], manifest["dataset"], manifest.get("preprocess", "fit"), seed, progress=False
+    )
+    if data.facts["sha256"] != contents["sha256"]:
+        raise DatasetError(
+            f"{manifest['data']['source']}: its contents changed since {manifest['name']} was trained "
+            f"(sha256 {data.facts['sha256'][:12]}..., the manifest says {contents['sha256'][:12]}...)"
+        )
+    return data
