@@ -94,11 +94,15 @@ TEMPLATES = {
         Template(
             "conv-classifier",
             ("encode", "classify"),
-            "conv encoder 3x3 32, 32/2, 64, 64/2 (batch norm, relu), dense 128-d relu code, pretrained as a "
+            "conv encoder 3x3 32, 32/2, 64, 64/2 relu, dense 128-d relu code, pretrained as a "
             "convolutional autoencoder, then a softmax over the classes fine-tuned with the encoder on images "
             "randomly shifted (±10 %) in training only, dropout 0.3",
             p.train_conv_classifier,
-            zoo._conv_classifier_config([32, 64], 128, 10, rotation_degrees=0.0, shift=0.1, flip=False),
+            # no batch normalisation: over the few steps of a small dataset its moving statistics lag behind
+            {
+                **zoo._conv_classifier_config([32, 64], 128, 10, rotation_degrees=0.0, shift=0.1, flip=False),
+                "batch_norm": False,
+            },
             needs_labels=True,
         ),
         Template(
