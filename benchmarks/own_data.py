@@ -35,7 +35,9 @@ def read(count: int, workers: int | None) -> None:
     data = load_dataset("mnist", allow_download=False)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "digits"
-        images, labels = data.train.images[:count], data.train.labels[:count]
+        # the loader carved a validation split from train: join them again for the whole 60,000
+        images = np.concatenate([data.train.images, data.val.images])[:count]
+        labels = np.concatenate([data.train.labels, data.val.labels])[:count]
         for digit in range(10):
             (folder / str(digit)).mkdir(parents=True)
         for i, (image, label) in enumerate(zip(images, labels, strict=True)):
