@@ -70,3 +70,47 @@ def fit_28(grey: np.ndarray) -> np.ndarray:
     top, left = (SIDE - fitted.shape[0]) // 2, (SIDE - fitted.shape[1]) // 2
     canvas[top : top + fitted.shape[0], left : left + fitted.shape[1]] = fitted
     return canvas
+
+
+BOX = 20
+_POSITIONS = np.arange(SIDE)
+DIGIT = "mnist"
+
+
+def mnist_style(grey: np.ndarray) -> np.ndarray:
+    """MNIST's own normalisation: light ink on black, cropped, fitted to 20x20, centred by mass in 28x28.
+
+    The background is the median of the border; a light background is inverted. Ink
+    below a fifth of the strongest ink is treated as noise, and the crop box holds the
+    pixels of at least half the strongest ink. A blank image stays blank. ``ValueError`` for
+    an array that is not a 2-D image of at least one pixel.
+    """
+    if grey.ndim != 2 or grey.size == 0:
+        raise ValueError(f"image has shape {grey.shape}; expected at least one row and column of pixels")
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    border.sort()
+    middle = len(border) // 2
+    background = float(border[middle] if len(border) % 2 else (border[middle - 1] + border[middle]) / 2)
+    ink = grey - background if background < 0.5 else background - grey
+    peak = float(ink.max())
+    if peak < 0.05:
+        return np.zeros((SIDE, SIDE), np.float32)
+    ink /= peak
+    # The crop box comes from confident ink only: a few noise pixels anywhere on a photo
+    # would otherwise stretch it to the whole page. (np.nonzero lists rows in order.)
+    rows, cols = np.nonzero(ink > 0.5)
+    ink = ink[rows[0] : rows[-1] + 1, cols.min() : cols.max() + 1]
+    ink = ((ink - 0.2) / 0.8).clip(0.0, 1.0)
+    height, width = ink.shape
+    scale = BOX / max(height, width)
+    fitted = resize(ink, max(1, round(width * scale)), max(1, round(height * scale))).clip(0.0, 1.0)
+    total = float(fitted.sum())
+    canvas = np.zeros((SIDE, SIDE), np.float32)
+    if total <= 0:
+        return canvas
+    top = round(SIDE / 2 - float(fitted.sum(axis=1) @ _POSITIONS[: fitted.shape[0]]) / total)
+    left = round(SIDE / 2 - float(fitted.sum(axis=0) @ _POSITIONS[: fitted.shape[1]]) / total)
+    top = min(max(top, 0), SIDE - fitted.shape[0])
+    left = min(max(left, 0), SIDE - fitted.shape[1])
+    canvas[top : top + fitted.shape[0], left : left + fitted.shape[1]] = fitted
+    return canvas

@@ -12,6 +12,7 @@ import pytest
 from conftest import write_idx
 from helpers import as_json, multipart, png_bytes
 from PIL import Image
+from test_browser import browser, open_page  # noqa: F401 - the browser fixture, shared
 
 from imageprep import fit_28
 from training.cli import main
@@ -350,37 +351,67 @@ def test_report_of_a_template_run(trained):
     assert (trained / "shapes-conv-classifier" / "report" / "shapes-conv-classifier-confusion.png").exists()
 
 
-@pytest.mark.slow
-def test_the_real_app_serves_every_template_on_its_folder(trained):
+@pytest.fixture(scope="module")
+def served(trained):
+    """The real app (uvicorn) on the folder the templates were exported into; yields its base URL."""
     from scripts.local_server import start, stop
 
     process, base, _ = start(env={"AESERVE_MODELS_DIR": str(trained)})
     try:
-        listing = httpx.get(f"{base}/models").json()
-        assert listing["datasets"] == ["blobs", "marks", "noise", "shapes"]
-        assert {m["name"] for m in listing["models"]} == {f"{d}-{t}" for t, _, d, _ in RUNS}
-        assert all(m["status"] == "ready" for m in listing["models"])
-        image = png_bytes(shape_image(0, np.random.default_rng(9)))
-        array = small_arrays(2)[0]
-        for template, _, dataset, _ in RUNS:
-            name = f"{dataset}-{template}"
-            (model,) = [m for m in listing["models"] if m["name"] == name]
-            for endpoint in model["endpoints"]:
-                by_file = httpx.post(f"{base}/{endpoint}", params={"model": name}, **multipart(image), timeout=30)
-                assert by_file.status_code == 200, (name, endpoint, by_file.text)
-                assert by_file.json()["model"] == name
-                by_json = httpx.post(f"{base}/{endpoint}", params={"dataset": dataset}, json=as_json(array))
-                assert by_json.status_code == 200, (name, endpoint, by_json.text)
-        answer = httpx.post(f"{base}/classify", params={"dataset": "shapes"}, **multipart(image)).json()
-        assert answer["model"] == "shapes-conv-classifier"
-        assert answer["predictions"][0]["class_name"] in CLASSES
-        # a dataset without a model for the endpoint: 404 naming the datasets that have one
-        refused = httpx.post(f"{base}/classify", params={"dataset": "blobs"}, json=as_json(array))
-        assert refused.status_code == 404
-        assert refused.json()["error"] == "no model serves /classify for dataset blobs; datasets with one: shapes"
-        unknown = httpx.post(f"{base}/encode", params={"dataset": "mnist"}, json=as_json(array))
-        assert unknown.status_code == 404 and "datasets: blobs, marks, noise, shapes" in unknown.json()["error"]
-        page = httpx.get(f"{base}/").text
-        assert 'id="dataset"' in page
+        yield base
     finally:
         stop(process)
+
+
+@pytest.mark.slow
+def test_the_real_app_serves_every_template_on_its_folder(served):
+    base = served
+    listing = httpx.get(f"{base}/models").json()
+    assert listing["datasets"] == ["blobs", "marks", "noise", "shapes"]
+    assert {m["name"] for m in listing["models"]} == {f"{d}-{t}" for t, _, d, _ in RUNS}
+    assert all(m["status"] == "ready" for m in listing["models"])
+    image = png_bytes(shape_image(0, np.random.default_rng(9)))
+    array = small_arrays(2)[0]
+    for template, _, dataset, _ in RUNS:
+        name = f"{dataset}-{template}"
+        (model,) = [m for m in listing["models"] if m["name"] == name]
+        for endpoint in model["endpoints"]:
+            by_file = httpx.post(f"{base}/{endpoint}", params={"model": name}, **multipart(image), timeout=30)
+            assert by_file.status_code == 200, (name, endpoint, by_file.text)
+            assert by_file.json()["model"] == name
+            by_json = httpx.post(f"{base}/{endpoint}", params={"dataset": dataset}, json=as_json(array))
+            assert by_json.status_code == 200, (name, endpoint, by_json.text)
+    answer = httpx.post(f"{base}/classify", params={"dataset": "shapes"}, **multipart(image)).json()
+    assert answer["model"] == "shapes-conv-classifier"
+    assert answer["predictions"][0]["class_name"] in CLASSES
+    # a dataset without a model for the endpoint: 404 naming the datasets that have one
+    refused = httpx.post(f"{base}/classify", params={"dataset": "blobs"}, json=as_json(array))
+    assert refused.status_code == 404
+    assert refused.json()["error"] == "no model serves /classify for dataset blobs; datasets with one: shapes"
+    unknown = httpx.post(f"{base}/encode", params={"dataset": "mnist"}, json=as_json(array))
+    assert unknown.status_code == 404 and "datasets: blobs, marks, noise, shapes" in unknown.json()["error"]
+
+
+@pytest.mark.slow
+def test_the_page_offers_the_served_datasets(served, browser):  # noqa: F811 - the shared fixture
+    page, errors = open_page(browser, served)
+    options = page.eval_on_selector_all("#dataset option", "options => options.map(o => o.value)")
+    assert options == ["blobs", "marks", "noise", "shapes"]
+    page.select_option("#dataset", "shapes")
+    models = page.eval_on_selector_all("#model-classify option", "options => options.map(o => o.value)")
+    assert models == ["shapes-conv-classifier"]
+    assert errors == []
+
+
+def test_preprocess_mnist_centres_the_ink_as_the_service_does(tmp_path):
+    from app.imaging import mnist_style
+
+    write_png_folder(tmp_path / "shapes", per_class=17)
+    data = load_source(str(tmp_path / "shapes"), preprocess="mnist", progress=False)
+    assert data.preprocess == "mnist"
+    pixels = np.concatenate([data.train.pixels(), data.val.pixels(), data.test.pixels()])
+    # dark shapes on a light page become light ink on black, centred, with a black border (MNIST's 20x20 box)
+    assert pixels[:, :2].max() == 0.0 and pixels[:, :, -2:].max() == 0.0 and pixels.max() > 0.9
+    first = sorted((tmp_path / "shapes").rglob("*.png"))[0]
+    grey = np.asarray(Image.open(first).convert("L"), np.float32) / 255.0
+    assert any(np.array_equal(mnist_style(grey), image) for image in pixels)
