@@ -17,12 +17,13 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends make=4.3-4.1 \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /srv/aeserve
-# What `pip install -e .` needs: the project metadata and the three packages (no models: they change
-# the image's last layer only, and never the dependencies).
+# What `pip install -e .` needs: the project metadata and the four packages (no models: they change
+# the image's last layer only, and never the dependencies); app/ imports imageprep/.
 COPY pyproject.toml Makefile README.md LICENSE ./
 COPY app/ app/
 COPY training/ training/
 COPY aeserve/ aeserve/
+COPY imageprep/ imageprep/
 # The pip cache lives in a BuildKit cache mount: rebuilds after a code change reuse the downloaded
 # wheels, and the cache never enters an image layer.
 RUN --mount=type=cache,target=/root/.cache/pip \
