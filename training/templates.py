@@ -100,7 +100,9 @@ TEMPLATES = {
             p.train_conv_classifier,
             # no batch normalisation: over the few steps of a small dataset its moving statistics lag behind
             {
-                **zoo._conv_classifier_config([32, 64], 128, 10, rotation_degrees=0.0, shift=0.1, flip=False),
+                **zoo._conv_classifier_config(
+                    [32, 64], 128, 20, rotation_degrees=0.0, shift=0.1, flip=False, pretrain_epochs=5
+                ),
                 "batch_norm": False,
             },
             needs_labels=True,
