@@ -230,10 +230,11 @@ def _run(args, runs: list, datasets: dict, replace: bool = True) -> int:
         print(f"== {spec.name}: trained in {wall:.1f} s, exported to {folder} [{status}]", flush=True)
         print("   test " + json.dumps(manifest["metrics"]["test"]), flush=True)
         summary.append((spec.name, wall, status))
-    print(f"\n{'model':34} {'wall s':>8}  floors")
-    for name, wall, status in summary:
-        print(f"{name:34} {wall:8.1f}  {status}")
-    print(f"total {time.perf_counter() - total:.1f} s")
+    if len(summary) > 1:  # one run ends with its own test metrics and export path
+        print(f"\n{'model':34} {'wall s':>8}  floors")
+        for name, wall, status in summary:
+            print(f"{name:34} {wall:8.1f}  {status}")
+        print(f"total {time.perf_counter() - total:.1f} s")
     return 0 if all(s == "ok" for *_, s in summary) else 1
 
 
