@@ -8,14 +8,16 @@ import struct
 import threading
 import warnings
 import zlib
-from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+import imageprep
 from app.errors import ApiError
 
-SIDE, BOX = 28, 20
+SIDE = imageprep.SIDE
+# Lanczos resize as Pillow computes it (imageprep.resize): one implementation for the service and the training.
+_resize = imageprep.resize
 # Decoding a huge photo costs more than its MNIST-sized result needs: shrink first.
 WORKING_SIZE = 512
 # Formats whose orientation tag may be read only from the decoded file; others carry EXIF in image.info.
@@ -192,43 +194,6 @@ def decode_image(data: bytes, max_pixels: int, max_scans: int = MAX_SCANS) -> np
         raise ApiError(400, f"image file is truncated or corrupt ({type(exc).__name__})") from None
 
 
-def _lanczos(x: np.ndarray) -> np.ndarray:
-    return np.where(np.abs(x) < 3.0, np.sinc(x) * np.sinc(x / 3.0), 0.0)
-
-
-@lru_cache(maxsize=64)
-def _resample_weights(in_size: int, out_size: int) -> np.ndarray:
-    """Pillow's Lanczos-3 resampling of one axis as an ``[out_size, in_size]`` matrix.
-
-    The same coefficients as Pillow's ``precompute_coeffs`` (libImaging/Resample.c): the kernel
-    widened by the reduction factor, each output pixel's weights normalised to sum to one.
-    """
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = 3.0 * filterscale
-    weights = np.zeros((out_size, in_size))
-    for out in range(out_size):
-        center = (out + 0.5) * scale
-        first = max(int(center - support + 0.5), 0)
-        last = min(int(center + support + 0.5), in_size)
-        kernel = _lanczos((np.arange(first, last) - center + 0.5) / filterscale)
-        total = kernel.sum()
-        weights[out, first:last] = kernel / total if total != 0 else kernel
-    return weights
-
-
-def _resize(grey: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Lanczos resize of a float32 image, as Pillow's ``resize(LANCZOS)`` of a mode "F" image computes it
-    (horizontal pass, then vertical, in double precision, rounded to float32 after each): two small
-    matrix products instead of a round trip through a Pillow image, a quarter of the time."""
-    rows, cols = grey.shape
-    if width != cols:
-        grey = (grey.astype(np.float64) @ _resample_weights(cols, width).T).astype(np.float32)
-    if height != rows:
-        grey = (_resample_weights(rows, height) @ grey.astype(np.float64)).astype(np.float32)
-    return grey
-
-
 def _check_grey(grey: np.ndarray) -> None:
     """A grey image to preprocess: 2-D with at least one pixel, all finite; else 422. (:func:`decode_image`
     makes them so; an array from elsewhere is checked.)"""
@@ -244,44 +209,11 @@ def plain_28(grey: np.ndarray) -> np.ndarray:
     return _resize(grey, SIDE, SIDE).clip(0.0, 1.0)
 
 
-_POSITIONS = np.arange(SIDE)
-
-
 def mnist_style(grey: np.ndarray) -> np.ndarray:
-    """MNIST's own normalisation: light ink on black, cropped, fitted to 20x20, centred by mass in 28x28.
-
-    The background is the median of the border; a light background is inverted. Ink
-    below a fifth of the strongest ink is treated as noise, and the crop box holds the
-    pixels of at least half the strongest ink. A blank image stays blank.
-    """
+    """MNIST's own normalisation (:func:`imageprep.mnist_style`, the training's ``--preprocess mnist`` too):
+    light ink on black, cropped, fitted to 20x20, centred by mass in 28x28; 422 for an empty array."""
     _check_grey(grey)
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    border.sort()
-    middle = len(border) // 2
-    background = float(border[middle] if len(border) % 2 else (border[middle - 1] + border[middle]) / 2)
-    ink = grey - background if background < 0.5 else background - grey
-    peak = float(ink.max())
-    if peak < 0.05:
-        return np.zeros((SIDE, SIDE), np.float32)
-    ink /= peak
-    # The crop box comes from confident ink only: a few noise pixels anywhere on a photo
-    # would otherwise stretch it to the whole page. (np.nonzero lists rows in order.)
-    rows, cols = np.nonzero(ink > 0.5)
-    ink = ink[rows[0] : rows[-1] + 1, cols.min() : cols.max() + 1]
-    ink = ((ink - 0.2) / 0.8).clip(0.0, 1.0)
-    height, width = ink.shape
-    scale = BOX / max(height, width)
-    fitted = _resize(ink, max(1, round(width * scale)), max(1, round(height * scale))).clip(0.0, 1.0)
-    total = float(fitted.sum())
-    canvas = np.zeros((SIDE, SIDE), np.float32)
-    if total <= 0:
-        return canvas
-    top = round(SIDE / 2 - float(fitted.sum(axis=1) @ _POSITIONS[: fitted.shape[0]]) / total)
-    left = round(SIDE / 2 - float(fitted.sum(axis=0) @ _POSITIONS[: fitted.shape[1]]) / total)
-    top = min(max(top, 0), SIDE - fitted.shape[0])
-    left = min(max(left, 0), SIDE - fitted.shape[1])
-    canvas[top : top + fitted.shape[0], left : left + fitted.shape[1]] = fitted
-    return canvas
+    return imageprep.mnist_style(grey)
 
 
 def to_png(images: np.ndarray) -> bytes:
