@@ -211,7 +211,7 @@ def plain_28(grey: np.ndarray) -> np.ndarray:
 
 def mnist_style(grey: np.ndarray) -> np.ndarray:
     """MNIST's own normalisation (:func:`imageprep.mnist_style`, the training's ``--preprocess mnist`` too):
-    light ink on black, cropped, fitted to 20x20, centred by mass in 28x28; 422 for an empty array."""
+    light ink on black, cropped, fitted to 20x20, centred by mass in 28x28; 422 for an empty or non-finite array."""
     _check_grey(grey)
     return imageprep.mnist_style(grey)
 
