@@ -15,9 +15,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+import imageprep
 from app.imaging import SIDE, _check_grey, _resize, mnist_style, plain_28
 
-DIGITS, PRODUCT, NONE = "mnist", "product", "none"
+DIGITS, PRODUCT, NONE, FIT = "mnist", "product", "none", imageprep.FIT
 # What a manifest without a ``preprocess`` field means.
 DEFAULT_RULE = DIGITS
 DESCRIPTIONS = {
@@ -25,6 +26,8 @@ DESCRIPTIONS = {
     PRODUCT: "Fashion-MNIST's product pipeline: border of the background colour trimmed, longest edge resized to 28, "
     "centred in 28x28, negated (an image already on a dark background is not)",
     NONE: "grey, resized to 28x28, nothing else",
+    FIT: "grey, fitted inside 28x28 keeping the aspect ratio, padded with the background (the median of its "
+    "border); what `python -m training train` does to image files",
 }
 RULES = tuple(DESCRIPTIONS)
 
@@ -119,10 +122,17 @@ def product_style(
     return canvas
 
 
+def fit_style(grey: np.ndarray) -> np.ndarray:
+    """The ``fit`` rule (:func:`imageprep.fit_28`, the training's own): 422 for an empty array."""
+    _check_grey(grey)
+    return imageprep.fit_28(grey)
+
+
 PIPELINES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     DIGITS: mnist_style,
     PRODUCT: product_style,
     NONE: plain_28,
+    FIT: fit_style,
 }
 
 

@@ -3,6 +3,7 @@ template trained on small data this file writes, exported, and served by the rea
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -382,6 +383,13 @@ def test_the_real_app_serves_every_template_on_its_folder(served):
             assert by_file.json()["model"] == name
             by_json = httpx.post(f"{base}/{endpoint}", params={"dataset": dataset}, json=as_json(array))
             assert by_json.status_code == 200, (name, endpoint, by_json.text)
+    # an uploaded file gets the rule the model was trained with (its manifest's preprocess, fit)
+    assert {m["preprocess"] for m in listing["models"]} == {"fit"}
+    grey = np.asarray(Image.open(io.BytesIO(image)).convert("L"), np.float32) / 255.0
+    params = {"model": "shapes-conv-small"}
+    by_file = httpx.post(f"{base}/encode", params=params, **multipart(image)).json()
+    by_rule = httpx.post(f"{base}/encode", params=params, json={"images": [fit_28(grey).tolist()]}).json()
+    np.testing.assert_allclose(by_file["codes"], by_rule["codes"], rtol=1e-5, atol=1e-5)
     answer = httpx.post(f"{base}/classify", params={"dataset": "shapes"}, **multipart(image)).json()
     assert answer["model"] == "shapes-conv-classifier"
     assert answer["predictions"][0]["class_name"] in CLASSES

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.datasets import DATASETS, Dataset, DatasetError, Split, load_dataset
+from training.datasets import DATASETS, PREPROCESS, Dataset, DatasetError, Split, load_dataset
 
 MIN_IMAGES = 50
 TEST_FRACTION = VAL_FRACTION = 0.1
@@ -468,7 +468,7 @@ def load_source(
         raise DatasetError(f"unknown preprocessing rule {preprocess!r}; rules: {', '.join(RULES)}")
     if data in DATASETS and not Path(data).exists():
         loaded = load_dataset(data, data_dir, seed=seed)
-        return loaded if name in (None, data) else _renamed(loaded, name)
+        return _renamed(loaded, name or data, PREPROCESS[data])
     path = Path(data).expanduser()
     if not path.exists():
         raise DatasetError(f"{path}: no such file or folder (and not one of the names {', '.join(DATASETS)})")
@@ -509,10 +509,10 @@ def load_source(
     )
 
 
-def _renamed(data: Dataset, name: str) -> Dataset:
+def _renamed(data: Dataset, name: str, preprocess: str) -> Dataset:
     from dataclasses import replace
 
-    return replace(data, name=name)
+    return replace(data, name=name, preprocess=preprocess)
 
 
 def data_of_manifest(manifest: dict, data_dir: str | None = None) -> Dataset:
