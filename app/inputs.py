@@ -350,13 +350,17 @@ def read_images(content_type: str, body: bytes, limits: Limits, preprocess: str 
 OffLoop = Callable[..., Awaitable[np.ndarray]]
 
 
+async def decode_files_off_loop(files: list[bytes], limits: Limits, preprocess: str, off_loop: OffLoop) -> np.ndarray:
+    """:func:`decode_files` run by ``off_loop``, in the lane the files' declared pixels choose (their headers
+    are read here, on the loop: cheap, and a 413 before any decoder is taken)."""
+    return await off_loop(decode_files, files, limits, preprocess, pixels=declared_pixels(files, limits))
+
+
 async def read_images_off_loop(
     content_type: str, body: bytes, limits: Limits, preprocess: str, off_loop: OffLoop
 ) -> np.ndarray:
     """:func:`read_images`, with the image files of a multipart body decoded by ``off_loop``."""
     media = media_type(content_type)
     if media == "multipart/form-data" and body:
-        files = multipart_files(content_type, body, limits)
-        pixels = declared_pixels(files, limits)
-        return await off_loop(decode_files, files, limits, preprocess, pixels=pixels)
+        return await decode_files_off_loop(multipart_files(content_type, body, limits), limits, preprocess, off_loop)
     return read_images(content_type, body, limits, preprocess)

@@ -18,7 +18,7 @@ from fastapi.responses import Response
 
 from app.dependencies import get_registry
 from app.errors import ApiError, brief
-from app.inputs import Limits, check_batch, declared_pixels, decode_files
+from app.inputs import Limits, check_batch, decode_files_off_loop
 from app.protocols.common import (
     TF_DTYPES,
     answer,
@@ -161,8 +161,7 @@ async def _predict(request: Request, registry: Registry, name: str, version: str
     files = [r for r in rows if isinstance(r, bytes)]
     decoded = None
     if files:
-        pixels = declared_pixels(files, limits)
-        decoded = await request.app.state.decoders.run(decode_files, files, limits, model.preprocess, pixels=pixels)
+        decoded = await decode_files_off_loop(files, limits, model.preprocess, request.app.state.decoders.run)
     images = _images(rows, decoded, limits, row)
     outputs = await model.run_outputs(images, tuple(sorted(model.output_names)))
     if row:
